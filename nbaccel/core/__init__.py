@@ -1,0 +1,37 @@
+"""The training engine. Imports torch and timm only: no IPython, ipywidgets or plotly."""
+
+from nbaccel.core.config import TrainConfig as TrainConfig
+from nbaccel.core.events import EpochEnded as EpochEnded
+from nbaccel.core.events import Event as Event
+from nbaccel.core.events import Progress as Progress
+from nbaccel.core.events import RunEnded as RunEnded
+from nbaccel.core.events import RunStarted as RunStarted
+from nbaccel.core.model import FreezeOption as FreezeOption
+from nbaccel.core.model import LayerGroup as LayerGroup
+from nbaccel.core.model import list_freeze_options as list_freeze_options
+from nbaccel.core.model import list_layer_groups as list_layer_groups
+from nbaccel.core.run import Run as Run
+from nbaccel.core.run import TrainingFailed as TrainingFailed
+from nbaccel.core.run import current_run as current_run
+from nbaccel.core.run import fasttrain as fasttrain
+from nbaccel.core.run import start_run as start_run
+from nbaccel.core.stopping import parse_stop_rule as parse_stop_rule
+
+__all__ = [
+    "EpochEnded",
+    "Event",
+    "FreezeOption",
+    "LayerGroup",
+    "Progress",
+    "Run",
+    "RunEnded",
+    "RunStarted",
+    "TrainConfig",
+    "TrainingFailed",
+    "current_run",
+    "fasttrain",
+    "list_freeze_options",
+    "list_layer_groups",
+    "parse_stop_rule",
+    "start_run",
+]

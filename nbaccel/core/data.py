@@ -1,0 +1,359 @@
+"""Data: turn a folder, an (images, labels) pair or a torch Dataset into train/val loaders.
+
+Every input becomes an `ImageSource` (something that yields PIL images and integer labels),
+is split stratified and seeded, and is transformed with timm's own data config for the
+backbone, so the pixels a model sees match what its weights were trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_model_data_config
+from torch.utils.data import DataLoader, Dataset
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+VAL_FOLDER_NAMES = ("val", "valid", "validation")
+
+
+@dataclass(frozen=True, eq=False)
+class ImageSource:
+    """Labelled images from one place. `items` are file paths, arrays, or indices into
+    `dataset`; `labels` are indices into `class_names`."""
+
+    items: Sequence[Any]
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    dataset: Optional[Dataset] = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int) -> Image.Image:
+        item = self.items[index]
+        if self.dataset is not None:
+            item = self.dataset[item][0]
+        if isinstance(item, (str, os.PathLike)):
+            with Image.open(item) as image:
+                return image.convert("RGB")
+        return to_pil(item)
+
+    def subset(self, indices: Sequence[int]) -> ImageSource:
+        return ImageSource(
+            [self.items[i] for i in indices],
+            self.labels[np.asarray(indices, dtype=np.int64)],
+            self.class_names,
+            self.dataset,
+        )
+
+
+class TransformedImages(Dataset):
+    """An ImageSource with a transform: yields (tensor C x H x W, label)."""
+
+    def __init__(self, source: ImageSource, transform: Any) -> None:
+        self.source = source
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.source.load(index)), int(self.source.labels[index])
+
+
+def to_pil(image: Any) -> Image.Image:
+    """An RGB PIL image from a PIL image, an array or a tensor.
+
+    Arrays may be H x W, H x W x C or C x H x W (C in 1, 3, 4); uint8 in 0-255, or float in 0-1.
+    """
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    array = np.asarray(image)
+    if (
+        array.ndim == 3
+        and array.shape[0] in (1, 3, 4)
+        and array.shape[-1] not in (1, 3, 4)
+    ):
+        array = np.moveaxis(array, 0, -1)  # C x H x W -> H x W x C
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ValueError(
+            f"an image must be H x W, H x W x C or C x H x W with C in 1, 3 or 4; got shape {array.shape}"
+        )
+    if array.dtype != np.uint8:
+        if np.issubdtype(array.dtype, np.floating) and array.max(initial=0) <= 1.0:
+            array = array * 255.0
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    return Image.fromarray(array).convert("RGB")
+
+
+# --- reading sources -----------------------------------------------------------------------
+
+
+def resolve_sources(data: Any, val: Any, seed: int) -> tuple[ImageSource, ImageSource]:
+    """The train and validation sources for `data` and `val`.
+
+    Args:
+        data: a folder path, an (images, labels) pair, or a torch Dataset.
+        val: a fraction in (0, 1) to hold out, or a second data object. A folder that has
+            train/ and val/ (or valid/) subfolders uses those and ignores a fraction.
+        seed: seeds the stratified split.
+
+    Raises:
+        ValueError: the data is missing, empty, has a single class, or cannot be read.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        root = Path(os.fspath(data)).expanduser()
+        split = _find_split_folders(root)
+        if split is not None:
+            train = read_folder(split[0])
+            return train, read_folder(split[1], class_names=train.class_names)
+        source = read_folder(root)
+    else:
+        source = read_object(data)
+    if isinstance(val, float):
+        return stratified_split(source, val, seed)
+    return source, read_any(val, class_names=source.class_names)
+
+
+def read_any(data: Any, class_names: Optional[tuple[str, ...]] = None) -> ImageSource:
+    if isinstance(data, (str, os.PathLike)):
+        return read_folder(Path(os.fspath(data)).expanduser(), class_names)
+    return read_object(data, class_names)
+
+
+def _find_split_folders(root: Path) -> Optional[tuple[Path, Path]]:
+    if not (root / "train").is_dir():
+        return None
+    for name in VAL_FOLDER_NAMES:
+        if (root / name).is_dir():
+            return root / "train", root / name
+    return None
+
+
+def read_folder(
+    root: Path, class_names: Optional[tuple[str, ...]] = None
+) -> ImageSource:
+    """Images in class subfolders of `root` (hidden folders such as .ipynb_checkpoints skipped)."""
+    if not root.exists():
+        raise ValueError(
+            f"data folder {str(root)!r} does not exist; check the path (relative paths start at {os.getcwd()!r})"
+        )
+    if not root.is_dir():
+        raise ValueError(
+            f"data path {str(root)!r} is a file; give a folder with one subfolder of images per class"
+        )
+    folders = sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    files: dict[str, list[Path]] = {}
+    for folder in folders:
+        images = sorted(
+            p
+            for p in folder.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
+        if images:
+            files[folder.name] = images
+        else:
+            logger.warning("skipping %s: it holds no images", folder)
+    if not files:
+        loose = [p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+        hint = (
+            " (images lie directly in it: move them into one subfolder per class)"
+            if loose
+            else ""
+        )
+        raise ValueError(
+            f"no images found in class subfolders of {str(root)!r}{hint}; expected "
+            f"{root}/<class name>/<image>{{{','.join(IMAGE_EXTENSIONS)}}}"
+        )
+    names = tuple(files) if class_names is None else class_names
+    unknown = sorted(set(files) - set(names))
+    if unknown:
+        raise ValueError(
+            f"{str(root)!r} has classes {unknown} that the training data does not have"
+        )
+    paths = [path for name in files for path in files[name]]
+    labels = np.array(
+        [names.index(name) for name in files for _ in files[name]], dtype=np.int64
+    )
+    return _checked(ImageSource(paths, labels, names), str(root), class_names is None)
+
+
+def read_object(
+    data: Any, class_names: Optional[tuple[str, ...]] = None
+) -> ImageSource:
+    """An (images, labels) pair or a torch Dataset as an ImageSource."""
+    if isinstance(data, Dataset):
+        return _read_dataset(data, class_names)
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        images, labels = data
+        if len(images) != len(labels):
+            raise ValueError(
+                f"got {len(images)} images but {len(labels)} labels; they must match one to one"
+            )
+        raw = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        names, indices = _index_labels(raw, class_names)
+        return _checked(
+            ImageSource(images, indices, names), "the arrays", class_names is None
+        )
+    raise ValueError(
+        f"cannot read data of type {type(data).__name__}: give a folder path, an (images, labels) "
+        "pair of arrays or tensors, or a torch Dataset yielding (image, label)"
+    )
+
+
+def _read_dataset(
+    dataset: Dataset, class_names: Optional[tuple[str, ...]]
+) -> ImageSource:
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        targets = [
+            int(dataset[i][1]) for i in range(len(dataset))
+        ]  # reads every item once
+    raw = np.asarray(targets.cpu() if isinstance(targets, torch.Tensor) else targets)
+    own_names = getattr(dataset, "classes", None)
+    if own_names is not None and np.issubdtype(raw.dtype, np.integer):
+        raw = np.array(
+            [str(own_names[i]) for i in raw]
+        )  # torchvision style: indices into .classes
+    names, indices = _index_labels(raw, class_names)
+    source = ImageSource(list(range(len(dataset))), indices, names, dataset)
+    return _checked(source, "the dataset", class_names is None)
+
+
+def _index_labels(
+    raw: np.ndarray, class_names: Optional[tuple[str, ...]]
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """Class names (sorted unique labels as text) and each label's index into them."""
+    if raw.ndim != 1:
+        raise ValueError(
+            f"labels must be one label per image (a 1-D sequence), got shape {raw.shape}"
+        )
+    values = np.unique(raw)
+    names = tuple(str(v) for v in values) if class_names is None else class_names
+    lookup = {str(v): i for i, v in enumerate(names)}
+    missing = sorted({str(v) for v in values} - set(lookup))
+    if missing:
+        raise ValueError(
+            f"validation labels {missing} do not occur in the training data"
+        )
+    return names, np.array([lookup[str(v)] for v in raw], dtype=np.int64)
+
+
+def _checked(source: ImageSource, where: str, is_training_data: bool) -> ImageSource:
+    if len(source) == 0:
+        raise ValueError(f"{where} holds no images")
+    if is_training_data and len(source.class_names) < 2:
+        raise ValueError(
+            f"{where} has a single class ({source.class_names[0]!r}); a classifier needs at least two. "
+            "Add a folder (or labels) for each class."
+        )
+    return source
+
+
+def stratified_split(
+    source: ImageSource, fraction: float, seed: int
+) -> tuple[ImageSource, ImageSource]:
+    """Holds out `fraction` of each class (at least one image of any class with two or more)."""
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for label in range(len(source.class_names)):
+        members = rng.permutation(np.flatnonzero(source.labels == label))
+        n_val = (
+            0
+            if len(members) < 2
+            else min(len(members) - 1, max(1, round(fraction * len(members))))
+        )
+        val_idx.extend(members[:n_val].tolist())
+        train_idx.extend(members[n_val:].tolist())
+    if not val_idx:
+        raise ValueError(
+            "too few images to hold out a validation set: give at least two images per class, or pass val=<data>"
+        )
+    return source.subset(sorted(train_idx)), source.subset(sorted(val_idx))
+
+
+# --- transforms and loaders ----------------------------------------------------------------
+
+
+def create_transforms(
+    model: torch.nn.Module, image_size: Optional[int], augment: str
+) -> tuple[Any, Any, dict]:
+    """timm's train and eval transforms for `model`, at `image_size` when given.
+
+    Returns:
+        (train transform, eval transform, the resolved data config).
+    """
+    config = resolve_model_data_config(model)
+    if image_size is not None:
+        config["input_size"] = (3, image_size, image_size)
+    common = dict(
+        input_size=config["input_size"],
+        interpolation=config["interpolation"],
+        mean=config["mean"],
+        std=config["std"],
+    )
+    if augment == "none":
+        train = create_transform(
+            **common, crop_pct=config["crop_pct"], is_training=False
+        )
+    else:
+        hflip = 0.5 if augment == "flip" else 0.0
+        train = create_transform(
+            **common, is_training=True, scale=(0.8, 1.0), hflip=hflip, color_jitter=None
+        )
+    return (
+        train,
+        create_transform(**common, crop_pct=config["crop_pct"], is_training=False),
+        config,
+    )
+
+
+def resolve_batch_size(requested: Any, device: torch.device, train_size: int) -> int:
+    """ "auto" is 64 on a GPU and 32 on a CPU, never more than the training set."""
+    size = (
+        (64 if device.type != "cpu" else 32) if requested == "auto" else int(requested)
+    )
+    return max(1, min(size, train_size))
+
+
+def create_loaders(
+    train: ImageSource,
+    val: ImageSource,
+    transforms: tuple[Any, Any],
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+) -> tuple[DataLoader, DataLoader]:
+    """Shuffled train and ordered val loaders. Data loads in the training thread (0 workers):
+    worker processes forked from a threaded kernel can deadlock."""
+    generator = torch.Generator().manual_seed(seed)
+    pin = device.type == "cuda"
+    train_loader = DataLoader(
+        TransformedImages(train, transforms[0]),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        drop_last=len(train) > batch_size,
+        pin_memory=pin,  # no batch of one: BatchNorm cannot train on it
+    )
+    val_loader = DataLoader(
+        TransformedImages(val, transforms[1]), batch_size=batch_size * 2, pin_memory=pin
+    )
+    return train_loader, val_loader

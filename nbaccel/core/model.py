@@ -1,0 +1,271 @@
+"""Model: a timm backbone with a new head, its layer groups, and freezing by group.
+
+Layer groups are timm's own `group_matcher(coarse=True)` split (stem, then stages); the
+classifier head is never part of a group and never frozen.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import timm
+import torch
+from timm.models import group_parameters, load_state_dict
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """One freezable group of the backbone, in forward order."""
+
+    index: int
+    name: str  # e.g. "stem", "layer1", "stages.2", "blocks.11"
+    param_names: tuple[str, ...]
+    num_params: int
+
+
+@dataclass(frozen=True)
+class FreezeOption:
+    """What `freeze=depth` would do: the panel lists one per depth."""
+
+    depth: int
+    label: str  # e.g. "freeze stem..layer2" or "train all"
+    trainable_params: int
+    total_params: int
+
+
+def create_backbone(
+    name: str, pretrained: Union[bool, str, os.PathLike], num_classes: int
+) -> nn.Module:
+    """A timm model with a new `num_classes` head.
+
+    Args:
+        name: a timm model name, optionally with a weights tag ("resnet18.a1_in1k").
+        pretrained: True for timm's published weights, False for random init, or the path of
+            a local weights file, loaded through timm's own `pretrained_cfg_overlay=dict(file=)`.
+        num_classes: the size of the new head.
+
+    Raises:
+        ValueError: unknown model name (with close names), missing or unfit weights file,
+            weights that cannot be downloaded.
+    """
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(
+            f"unknown backbone {name!r}: timm has no model of that name.{hint} List them with timm.list_models('*{name[:4]}*')."
+        )
+    if pretrained is True:
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=num_classes)
+        except (OSError, RuntimeError) as error:  # offline, or no published weights
+            raise ValueError(
+                f"could not load timm's pretrained weights for {name!r} ({type(error).__name__}: {error}). "
+                "Without internet access, use pretrained=False (random init) or pretrained='path/to/weights.pth' "
+                "(a local file)."
+            ) from error
+    if pretrained is False:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    path = Path(os.fspath(pretrained)).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"pretrained weights file {str(path)!r} does not exist; give an existing file, True or False"
+        )
+    try:
+        model = timm.create_model(
+            name,
+            pretrained=True,
+            pretrained_cfg_overlay=dict(file=str(path)),
+            num_classes=num_classes,
+        )
+        _check_weights_fit(model, load_state_dict(str(path)))
+    except (RuntimeError, KeyError, OSError, ValueError) as error:
+        raise ValueError(
+            f"weights file {str(path)!r} does not fit backbone {name!r}: {error}"
+        ) from error
+    return model
+
+
+def _check_weights_fit(model: nn.Module, state: dict) -> None:
+    """timm loads a file overlay non-strictly and only logs what did not match; refuse a file
+    that matches less than half of the backbone (it was made for another model)."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    backbone = {n: p.shape for n, p in model.named_parameters() if id(p) not in head}
+    matched = [
+        n for n, shape in backbone.items() if n in state and state[n].shape == shape
+    ]
+    if len(matched) < len(backbone) / 2:
+        missing = [n for n in backbone if n not in matched]
+        raise ValueError(
+            f"only {len(matched)} of the backbone's {len(backbone)} weights are in the file "
+            f"(missing {', '.join(missing[:3])}, ...); was it saved from another model?"
+        )
+    if len(matched) < len(backbone):
+        logger.warning(
+            "weights file lacks %d backbone weights; they keep their random init",
+            len(backbone) - len(matched),
+        )
+
+
+def list_layer_groups(model: nn.Module) -> list[LayerGroup]:
+    """The backbone's layer groups, stem first; the classifier head is excluded."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    params = dict(model.named_parameters())
+    try:
+        grouping = group_parameters(model, model.group_matcher(coarse=True))
+    except (AttributeError, NotImplementedError):  # a model without a group matcher
+        grouping = {0: list(params)}
+    groups = []
+    for key in sorted(grouping):
+        names = tuple(n for n in grouping[key] if id(params[n]) not in head)
+        if names:
+            groups.append(
+                LayerGroup(
+                    len(groups),
+                    _group_name(names, len(groups)),
+                    names,
+                    sum(params[n].numel() for n in names),
+                )
+            )
+    return groups
+
+
+def _group_name(param_names: tuple[str, ...], index: int) -> str:
+    """The dotted module prefix the group's parameters share ("layer1", "stages.2"), or its
+    top modules joined by "+" when they share none ("blocks.5+norm")."""
+    parts = [name.split(".")[:-1] for name in param_names]
+    prefix = []
+    for column in zip(*parts):
+        if len(set(column)) > 1:
+            break
+        prefix.append(column[0])
+    if index == 0 and len(prefix) <= 1:
+        return "stem"
+    if prefix:
+        return ".".join(prefix)
+    tops = [
+        ".".join(p[:2]) if len(p) > 1 and p[1].isdigit() else (p[0] if p else "")
+        for p in parts
+    ]
+    return "+".join(dict.fromkeys(t for t in tops if t)) or f"group {index}"
+
+
+def resolve_freeze_depth(
+    freeze: Union[int, str],
+    groups: list[LayerGroup],
+    pretrained: bool,
+    images_per_class: float,
+) -> tuple[int, str]:
+    """The number of groups to freeze, and why.
+
+    The "auto" rule: random weights hold nothing worth keeping, so everything trains. With
+    pretrained weights, fewer than 100 images per class trains the head only (a linear probe,
+    the safest fit for tiny data); up to 1,000 freezes the first half of the groups; more than
+    that freezes only the stem, since there is data enough to adapt the rest.
+
+    Raises:
+        ValueError: `freeze` is deeper than the backbone's groups.
+    """
+    count = len(groups)
+    if freeze == "all":
+        return count, "freeze='all': every backbone group frozen, only the head trains"
+    if freeze != "auto":
+        if freeze > count:
+            names = ", ".join(g.name for g in groups)
+            raise ValueError(
+                f"freeze={freeze} is deeper than the backbone's {count} layer groups ({names}); "
+                f"use 0..{count}, or freeze='all' for the head only"
+            )
+        return int(freeze), f"freeze={freeze} as asked"
+    per_class = f"{images_per_class:.0f} training images per class"
+    if not pretrained:
+        return 0, "auto: random initial weights, so every layer trains"
+    if images_per_class < 100:
+        return count, f"auto: {per_class} (< 100), so only the head trains"
+    if images_per_class <= 1000:
+        return (
+            count // 2,
+            f"auto: {per_class} (100-1000), so the first half of the groups is frozen",
+        )
+    return min(1, count), f"auto: {per_class} (> 1000), so only the stem is frozen"
+
+
+def apply_freeze(model: nn.Module, groups: list[LayerGroup], depth: int) -> None:
+    """Freezes the parameters of groups 0..depth-1 and unfreezes everything else."""
+    frozen = {name for group in groups[:depth] for name in group.param_names}
+    for name, param in model.named_parameters():
+        param.requires_grad_(name not in frozen)
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """model.train(), but BatchNorm layers whose parameters are frozen stay in eval mode so
+    their running statistics stay those of the pretrained weights."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(
+        p.numel() for p in model.parameters() if p.requires_grad or not trainable_only
+    )
+
+
+def list_freeze_options(
+    model_or_name: Union[nn.Module, str], num_classes: int = 2
+) -> list[FreezeOption]:
+    """One FreezeOption per depth 0..len(groups), with trainable-parameter counts.
+
+    Args:
+        model_or_name: a model, or a timm model name (built with random weights, no download).
+        num_classes: the head size to count, when a name is given.
+    """
+    model = (
+        timm.create_model(model_or_name, num_classes=num_classes)
+        if isinstance(model_or_name, str)
+        else model_or_name
+    )
+    groups = list_layer_groups(model)
+    total = count_params(model)
+    options = []
+    for depth in range(len(groups) + 1):
+        frozen = sum(g.num_params for g in groups[:depth])
+        if depth == 0:
+            label = "train all"
+        elif depth == len(groups):
+            label = "head only (freeze all)"
+        else:
+            label = (
+                f"freeze {groups[0].name}..{groups[depth - 1].name}"
+                if depth > 1
+                else f"freeze {groups[0].name}"
+            )
+        options.append(FreezeOption(depth, label, total - frozen, total))
+    return options
+
+
+def best_state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A host copy of the weights and buffers (the best epoch's, kept for restoring)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def is_pretrained(pretrained: Union[bool, str, os.PathLike, None]) -> bool:
+    return pretrained is not False and pretrained is not None
+
+
+def describe_weights(pretrained: Union[bool, str, os.PathLike]) -> str:
+    if pretrained is True:
+        return "timm hub"
+    if pretrained is False:
+        return "random init"
+    return str(Path(os.fspath(pretrained)).expanduser())

@@ -1,0 +1,57 @@
+"""AdamW with a lower learning rate for the backbone than for the new head, and a
+warm-up + cosine schedule applied by hand each step (as nanoGPT's `get_lr`)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+DEFAULT_LR = 3e-3  # AdamW; 1e-3 underfits short fine-tunes, 1e-2 is harsh on large ViTs
+BACKBONE_LR_FACTOR = 0.1  # pretrained layers move 10x slower than the new head
+WEIGHT_DECAY = 0.01
+
+
+def resolve_learning_rates(lr: object, pretrained: bool) -> tuple[float, float]:
+    """(head lr, backbone lr): "auto" is 3e-3 for the head; the backbone gets a tenth of the
+    head's rate when its weights are pretrained, the same rate when they are random."""
+    head_lr = DEFAULT_LR if lr == "auto" else float(lr)  # type: ignore[arg-type]
+    return head_lr, head_lr * BACKBONE_LR_FACTOR if pretrained else head_lr
+
+
+def create_optimizer(
+    model: nn.Module, head_lr: float, backbone_lr: float
+) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters in up to four groups: head or backbone, with or
+    without weight decay (biases and norm weights get none, as timm's param_groups_weight_decay)."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            no_decay = param.ndim <= 1 or name.endswith(".bias")
+            groups.setdefault((id(param) in head, no_decay), []).append(param)
+    param_groups = [
+        {
+            "params": params,
+            "lr": head_lr if is_head else backbone_lr,
+            "base_lr": head_lr if is_head else backbone_lr,
+            "weight_decay": 0.0 if no_decay else WEIGHT_DECAY,
+        }
+        for (is_head, no_decay), params in groups.items()
+    ]
+    return torch.optim.AdamW(param_groups)
+
+
+def lr_factor(step: int, total_steps: int) -> float:
+    """Linear warm-up over the first 5% of steps (at most 100), then cosine decay to 1%."""
+    warmup = min(100, max(1, total_steps // 20))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
