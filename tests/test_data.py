@@ -128,3 +128,11 @@ def test_split_keeps_singleton_classes_in_training():
         stratified_split(
             read_object((images[:2], [0, 1])), 0.5, 0
         )  # one image per class
+
+
+def test_val_given_as_a_second_folder_uses_the_training_class_names(digits_folder):
+    train, val = resolve_sources(digits_folder / "train", digits_folder / "val", seed=0)
+    assert val.class_names == train.class_names
+    assert len(val) == sum(1 for _ in (digits_folder / "val").rglob("*.png"))
+    first = val.items[0]
+    assert val.class_names[val.labels[0]] == first.parent.name

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Union
 
 from nbaccel.core.stopping import StopRule, parse_stop_rule
@@ -123,13 +122,6 @@ class TrainConfig:
     @property
     def stop_rule(self) -> StopRule:
         return parse_stop_rule(self.stop)
-
-    @property
-    def pretrained_file(self) -> Union[Path, None]:
-        """The local weights file, when `pretrained` names one."""
-        if isinstance(self.pretrained, bool):
-            return None
-        return Path(os.fspath(self.pretrained)).expanduser()
 
 
 def _is_int(value: Any) -> bool:

@@ -1,8 +1,7 @@
-"""Data: turn a folder, an (images, labels) pair or a torch Dataset into train/val loaders.
+"""Data sources: a folder, an (images, labels) pair or a torch Dataset as train/val sources.
 
-Every input becomes an `ImageSource` (something that yields PIL images and integer labels),
-is split stratified and seeded, and is transformed with timm's own data config for the
-backbone, so the pixels a model sees match what its weights were trained on.
+Every input becomes an `ImageSource` (something that yields PIL images and integer labels)
+and is split stratified and seeded; `loaders.py` turns sources into batches.
 """
 
 from __future__ import annotations
@@ -17,8 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from PIL import Image
-from timm.data import create_transform, resolve_model_data_config
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -55,20 +53,6 @@ class ImageSource:
             self.class_names,
             self.dataset,
         )
-
-
-class TransformedImages(Dataset):
-    """An ImageSource with a transform: yields (tensor C x H x W, label)."""
-
-    def __init__(self, source: ImageSource, transform: Any) -> None:
-        self.source = source
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.source.load(index)), int(self.source.labels[index])
 
 
 def to_pil(image: Any) -> Image.Image:
@@ -287,73 +271,3 @@ def stratified_split(
             "too few images to hold out a validation set: give at least two images per class, or pass val=<data>"
         )
     return source.subset(sorted(train_idx)), source.subset(sorted(val_idx))
-
-
-# --- transforms and loaders ----------------------------------------------------------------
-
-
-def create_transforms(
-    model: torch.nn.Module, image_size: Optional[int], augment: str
-) -> tuple[Any, Any, dict]:
-    """timm's train and eval transforms for `model`, at `image_size` when given.
-
-    Returns:
-        (train transform, eval transform, the resolved data config).
-    """
-    config = resolve_model_data_config(model)
-    if image_size is not None:
-        config["input_size"] = (3, image_size, image_size)
-    common = dict(
-        input_size=config["input_size"],
-        interpolation=config["interpolation"],
-        mean=config["mean"],
-        std=config["std"],
-    )
-    if augment == "none":
-        train = create_transform(
-            **common, crop_pct=config["crop_pct"], is_training=False
-        )
-    else:
-        hflip = 0.5 if augment == "flip" else 0.0
-        train = create_transform(
-            **common, is_training=True, scale=(0.8, 1.0), hflip=hflip, color_jitter=None
-        )
-    return (
-        train,
-        create_transform(**common, crop_pct=config["crop_pct"], is_training=False),
-        config,
-    )
-
-
-def resolve_batch_size(requested: Any, device: torch.device, train_size: int) -> int:
-    """ "auto" is 64 on a GPU and 32 on a CPU, never more than the training set."""
-    size = (
-        (64 if device.type != "cpu" else 32) if requested == "auto" else int(requested)
-    )
-    return max(1, min(size, train_size))
-
-
-def create_loaders(
-    train: ImageSource,
-    val: ImageSource,
-    transforms: tuple[Any, Any],
-    batch_size: int,
-    device: torch.device,
-    seed: int,
-) -> tuple[DataLoader, DataLoader]:
-    """Shuffled train and ordered val loaders. Data loads in the training thread (0 workers):
-    worker processes forked from a threaded kernel can deadlock."""
-    generator = torch.Generator().manual_seed(seed)
-    pin = device.type == "cuda"
-    train_loader = DataLoader(
-        TransformedImages(train, transforms[0]),
-        batch_size=batch_size,
-        shuffle=True,
-        generator=generator,
-        drop_last=len(train) > batch_size,
-        pin_memory=pin,  # no batch of one: BatchNorm cannot train on it
-    )
-    val_loader = DataLoader(
-        TransformedImages(val, transforms[1]), batch_size=batch_size * 2, pin_memory=pin
-    )
-    return train_loader, val_loader

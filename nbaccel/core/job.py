@@ -10,12 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from nbaccel.core.config import TrainConfig
-from nbaccel.core.data import (
-    create_loaders,
-    create_transforms,
-    resolve_batch_size,
-    resolve_sources,
-)
+from nbaccel.core.data import resolve_sources
+from nbaccel.core.loaders import create_loaders, create_transforms, resolve_batch_size
 from nbaccel.core.model import (
     LayerGroup,
     apply_freeze,
