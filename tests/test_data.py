@@ -124,10 +124,9 @@ def test_split_keeps_singleton_classes_in_training():
     images = np.zeros((5, 8, 8), np.uint8)
     train, val = resolve_sources((images, [0, 0, 0, 0, 1]), 0.5, 0)
     assert 1 in train.labels.tolist() and 1 not in val.labels.tolist()
+    one_image_per_class = read_object((images[:2], [0, 1]))
     with pytest.raises(ValueError, match="too few images"):
-        stratified_split(
-            read_object((images[:2], [0, 1])), 0.5, 0
-        )  # one image per class
+        stratified_split(one_image_per_class, 0.5, 0)
 
 
 def test_val_given_as_a_second_folder_uses_the_training_class_names(digits_folder):

@@ -46,24 +46,23 @@ def create_transforms(
         mean=config["mean"],
         std=config["std"],
     )
-    if augment == "none":
-        train = create_transform(
-            **common, crop_pct=config["crop_pct"], is_training=False
-        )
-    else:
-        hflip = 0.5 if augment == "flip" else 0.0
-        train = create_transform(
-            **common, is_training=True, scale=(0.8, 1.0), hflip=hflip, color_jitter=None
-        )
-    return (
-        train,
-        create_transform(**common, crop_pct=config["crop_pct"], is_training=False),
-        config,
+    eval_transform = create_transform(
+        **common, crop_pct=config["crop_pct"], is_training=False
     )
+    if augment == "none":
+        return eval_transform, eval_transform, config
+    train_transform = create_transform(
+        **common,
+        is_training=True,
+        scale=(0.8, 1.0),
+        hflip=0.5 if augment == "flip" else 0.0,
+        color_jitter=None,
+    )
+    return train_transform, eval_transform, config
 
 
 def resolve_batch_size(requested: Any, device: torch.device, train_size: int) -> int:
-    """ "auto" is 64 on a GPU and 32 on a CPU, never more than the training set."""
+    """Images per step: "auto" is 64 on a GPU and 32 on a CPU; never above the data."""
     size = (
         (64 if device.type != "cpu" else 32) if requested == "auto" else int(requested)
     )
@@ -87,8 +86,9 @@ def create_loaders(
         batch_size=batch_size,
         shuffle=True,
         generator=generator,
+        # No batch of one: BatchNorm cannot train on it.
         drop_last=len(train) > batch_size,
-        pin_memory=pin,  # no batch of one: BatchNorm cannot train on it
+        pin_memory=pin,
     )
     val_loader = DataLoader(
         TransformedImages(val, transforms[1]), batch_size=batch_size * 2, pin_memory=pin
