@@ -19,6 +19,7 @@ from nbaccel.core import (
     RunStarted,
     TrainConfig,
     TrainingFailed,
+    current_run,
     fasttrain,
     list_freeze_options,
     list_layer_groups,
@@ -26,6 +27,21 @@ from nbaccel.core import (
 )
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython):  # noqa: ANN001, ANN201 - IPython's hook
+    """`%load_ext nbaccel`: registers `%fasttrain` (the notebook libraries load only now)."""
+    from nbaccel.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython):  # noqa: ANN001, ANN201 - IPython's hook
+    """`%unload_ext nbaccel`: stops a live run and removes `%fasttrain`."""
+    from nbaccel.magics import unload_ipython_extension as unload
+
+    unload(ipython)
+
 
 __all__ = [
     "EpochEnded",
@@ -38,6 +54,7 @@ __all__ = [
     "RunStarted",
     "TrainConfig",
     "TrainingFailed",
+    "current_run",
     "datasets",
     "fasttrain",
     "list_freeze_options",

@@ -3,6 +3,7 @@ by pretraining on digits 0-4 (standing in for hub weights, which cannot be downl
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,23 @@ def source_weights(cache: Path) -> Path:
     path = cache / "test_resnet_digits0-4.pth"
     torch.save(run.model.state_dict(), path)
     return path
+
+
+@pytest.fixture
+def broken_folder(tmp_path: Path, digits_high: Path) -> Path:
+    """40 real digits per split and one file that is not an image: a run on it fails."""
+    for split in ("train", "val"):
+        for label in ("5", "6"):
+            target = tmp_path / split / label
+            target.mkdir(parents=True)
+            for source in sorted((digits_high / split / label).iterdir())[:20]:
+                (target / source.name).write_bytes(source.read_bytes())
+    (tmp_path / "train" / "6" / "broken.png").write_bytes(b"not a png at all")
+    return tmp_path
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)

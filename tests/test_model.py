@@ -63,6 +63,15 @@ def test_freeze_options_list_each_depth_with_labels():
     )
 
 
+def test_freeze_options_by_name_match_a_real_model_and_leave_the_rng_alone():
+    """(#3) The panel lists options while a run trains: no allocation, no RNG draws."""
+    state = torch.random.get_rng_state()
+    by_name = list_freeze_options("convnext_tiny", num_classes=7)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    real = timm.create_model("convnext_tiny", num_classes=7)
+    assert by_name == list_freeze_options(real)
+
+
 def test_auto_freeze_rule():
     groups = list_layer_groups(timm.create_model("resnet18", num_classes=2))
     assert resolve_freeze_depth("auto", groups, False, 50)[0] == 0

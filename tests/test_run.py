@@ -15,14 +15,7 @@ from torch.utils.data import Dataset
 
 import nbaccel
 from nbaccel.core.events import Progress, RunEnded, RunStarted
-from tests.conftest import SMALL
-
-
-def wait_for(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
+from tests.conftest import SMALL, wait_for
 
 
 def test_done_when_digits_folder_resnet18_three_epochs(digits_folder):
@@ -205,15 +198,10 @@ def test_best_weights_are_restored(digits_high):
     assert loss == pytest.approx(best["val_loss"], rel=1e-4)
 
 
-def test_corrupt_image_fails_the_run_with_the_traceback(tmp_path, digits_high):
-    for split in ("train", "val"):
-        for label in ("5", "6"):
-            target = tmp_path / split / label
-            target.mkdir(parents=True)
-            for source in sorted((digits_high / split / label).iterdir())[:20]:
-                (target / source.name).write_bytes(source.read_bytes())
-    (tmp_path / "train" / "6" / "broken.png").write_bytes(b"not a png at all")
-    run = nbaccel.fasttrain(tmp_path, pretrained=False, epochs=3, batch_size=8, **SMALL)
+def test_corrupt_image_fails_the_run_with_the_traceback(broken_folder):
+    run = nbaccel.fasttrain(
+        broken_folder, pretrained=False, epochs=3, batch_size=8, **SMALL
+    )
     with pytest.raises(nbaccel.TrainingFailed, match="UnidentifiedImageError") as info:
         run.wait(timeout=60)
     assert "Traceback" in info.value.traceback and "broken.png" in info.value.traceback
@@ -378,3 +366,23 @@ def test_mixed_precision_trains_on_gpu(digits_high, precision):
     )
     assert run.history[-1]["val_acc"] > 0.5
     assert torch.cuda.memory_allocated() < 64 * 2**20
+
+
+def test_the_same_seed_repeats_a_run_exactly(digits_high):
+    """timm's random crops draw from Python's `random`; the run seeds it as well as torch."""
+
+    def losses(seed):
+        run = nbaccel.fasttrain(
+            digits_high,
+            pretrained=False,
+            epochs=2,
+            stop="none",
+            seed=seed,
+            background=False,
+            **SMALL,
+        )
+        return [(row["train_loss"], row["val_loss"]) for row in run.history]
+
+    first = losses(0)
+    assert losses(0) == first
+    assert losses(1) != first

@@ -6,6 +6,7 @@ It talks to the world only through `emit(event)` and reads only the `Control` fl
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 from typing import Callable, Optional
@@ -72,7 +73,9 @@ def run_training(
     job: TrainingJob, emit: Callable[[Event], None], control: Control
 ) -> tuple[str, str, Optional[int]]:
     """Trains `job.model` in place. Returns (status, reason, best epoch or None)."""
-    # 1. Set up on this thread: seed, device, optimizer, scaler.
+    # 1. Set up on this thread: seed, device, optimizer, scaler. timm's crops draw from
+    # Python's `random`, torchvision's from torch's: both are seeded for a repeatable run.
+    random.seed(job.config.seed)
     torch.manual_seed(job.config.seed)
     model = job.model.to(job.device)
     optimizer = create_optimizer(model, job.head_lr, job.backbone_lr)

@@ -227,11 +227,12 @@ def list_freeze_options(
     """One FreezeOption per depth 0..len(groups), with trainable-parameter counts.
 
     Args:
-        model_or_name: a model, or a timm model name (built with random weights, no download).
+        model_or_name: a model, or a timm model name (built without weights on the meta
+            device: instant, no memory, no download).
         num_classes: the head size to count, when a name is given.
     """
     model = (
-        timm.create_model(model_or_name, num_classes=num_classes)
+        _create_skeleton(model_or_name, num_classes)
         if isinstance(model_or_name, str)
         else model_or_name
     )
@@ -252,6 +253,18 @@ def list_freeze_options(
             )
         options.append(FreezeOption(depth, label, total - frozen, total))
     return options
+
+
+def _create_skeleton(name: str, num_classes: int) -> nn.Module:
+    """The model's structure without real weights. On the meta device nothing is allocated
+    and torch's global RNG is left alone, so a panel listing freeze options while a run
+    trains in another thread does not change that run's random augmentation."""
+    try:
+        with torch.device("meta"):
+            return timm.create_model(name, num_classes=num_classes)
+    except Exception:  # a model whose constructor computes with real tensors
+        with torch.random.fork_rng(devices=[]):
+            return timm.create_model(name, num_classes=num_classes)
 
 
 def best_state_copy(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,197 @@
+"""%fasttrain: parse the line, build a TrainConfig, start a Run, show its panel, return it.
+
+%load_ext nbaccel
+run = %fasttrain ./photos --backbone convnext_tiny --freeze 3 --stop patience:3
+%fasttrain                      # no data: an idle panel with pickers
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from nbaccel.core import Run, TrainConfig, current_run, start_run
+from nbaccel.ui import Panel, parse_pretrained
+from nbaccel.ui.environment import CHART_BACKENDS
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+@magics_class
+class FastTrainMagics(Magics):
+    """The %fasttrain line magic and the display of a Run as its live panel."""
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        # (id of the run, execution count) whose panel %fasttrain has just shown, so the
+        # same cell's Out does not show it twice.
+        self._shown: Optional[tuple[int, int]] = None
+
+    @magic_arguments()
+    @argument(
+        "data",
+        nargs="?",
+        help="an image folder (one subfolder per class, or train/ and val/), or the name of "
+        "a variable holding (images, labels) or a torch Dataset. Leave out to open the "
+        "panel and pick everything there.",
+    )
+    @argument("--backbone", help="any timm model name (default resnet18)")
+    @argument(
+        "--pretrained",
+        help="yes (timm's published weights, the default), no (random init) or the path "
+        "of a local weights file",
+    )
+    @argument(
+        "--freeze",
+        help="k freezes the first k layer groups, 0 trains all, all trains the head only, "
+        "auto (default) picks by data size",
+    )
+    @argument("--precision", help="auto (default) | fp32 | bf16 | fp16")
+    @argument(
+        "--stop",
+        help="stopping rule, e.g. patience:3 (default), 'target:val_acc>=0.95 | time:10m', "
+        "epochs:5, none",
+    )
+    @argument("--epochs", help="the epoch budget (default 20)")
+    @argument("--batch-size", dest="batch_size", help="images per step, or auto")
+    @argument("--lr", help="head learning rate, or auto (3e-3)")
+    @argument(
+        "--val", help="fraction held out for validation (default 0.2), or a folder"
+    )
+    @argument(
+        "--image-size",
+        dest="image_size",
+        help="square input size in pixels (default: the backbone's)",
+    )
+    @argument("--device", help="auto (default) | cpu | cuda | cuda:N | mps")
+    @argument("--seed", help="seeds the split, the head, the shuffle (default 0)")
+    @argument("--augment", help="light (default) | flip | none")
+    @argument(
+        "--charts",
+        default="auto",
+        help="widget | html | off (default: widget in JupyterLab, html on Colab, Kaggle "
+        "and VS Code)",
+    )
+    @argument(
+        "--wait", action="store_true", help="block the cell until the run has ended"
+    )
+    @line_magic
+    def fasttrain(self, line: str = "") -> Optional[Run]:
+        """Fine-tune a timm image model on DATA in the background, with a live panel.
+
+        Returns the Run (run.wait(), run.stop(), run.history, run.model). The notebook
+        stays usable while it trains; the panel's Stop button or run.stop() ends it.
+        """
+        args = parse_argstring(self.fasttrain, line)
+        if args.charts not in CHART_BACKENDS:
+            raise UsageError(
+                f"--charts must be one of {', '.join(CHART_BACKENDS)}, got {args.charts!r}"
+            )
+        keywords = self._keywords(args)
+        if args.data is None:
+            display(Panel(charts=args.charts, defaults=keywords))
+            return None
+        try:
+            run = start_run(TrainConfig(data=self._data(args.data), **keywords))
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        display(Panel(run, charts=args.charts))
+        self._shown = (id(run), self.shell.execution_count)
+        if args.wait:
+            try:
+                run.wait()
+            except KeyboardInterrupt:  # Interrupt does not reach the thread: stop it
+                run.stop()
+                raise
+        return run
+
+    def display_run(self, run: Run) -> None:
+        """Shows `run` as its live panel (`run` as the last line of a cell)."""
+        if self._shown == (id(run), self.shell.execution_count):
+            return  # %fasttrain in this very cell has shown it already
+        display(Panel(run))
+
+    def _data(self, name: str) -> Any:
+        namespace = self.shell.user_ns
+        if name in namespace:
+            return namespace[name]
+        path = Path(name).expanduser()
+        if name.isidentifier() and not path.exists():
+            raise UsageError(
+                f"DATA {name!r} is neither a variable in this notebook nor an existing "
+                "folder: give the path of an image folder or the name of a variable "
+                "holding (images, labels) or a Dataset"
+            )
+        return path
+
+    def _keywords(self, args: Any) -> dict:
+        """The flags given, as fasttrain() keywords; TrainConfig checks their values."""
+        keywords = {}
+        for name in (
+            "backbone",
+            "freeze",
+            "precision",
+            "stop",
+            "device",
+            "augment",
+            "epochs",
+            "batch_size",
+            "lr",
+            "image_size",
+            "seed",
+            "val",
+        ):
+            value = getattr(args, name)
+            if value is not None:
+                keywords[name] = _number(value)
+        if args.pretrained is not None:
+            keywords["pretrained"] = parse_pretrained(args.pretrained)
+        if isinstance(keywords.get("val"), str):
+            keywords["val"] = self._data(keywords["val"])
+        return keywords
+
+
+def _number(text: str) -> Any:
+    """ "3" -> 3, "3e-4" -> 0.0003, anything else stays text (and TrainConfig says why)."""
+    if not _NUMBER.fullmatch(text):
+        return text
+    return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
+
+
+def load_ipython_extension(shell: Any) -> None:
+    """%load_ext nbaccel: registers %fasttrain and shows a Run as its panel. Idempotent."""
+    _warn_about_broken_ipykernel()
+    magics = FastTrainMagics(shell)
+    shell.register_magics(magics)
+    shell.display_formatter.ipython_display_formatter.for_type(Run, magics.display_run)
+
+
+def unload_ipython_extension(shell: Any) -> None:
+    """Stops a live run, then removes %fasttrain and the Run display."""
+    run = current_run()
+    if run is not None and run.status in ("running", "paused"):
+        run.stop()
+    shell.display_formatter.ipython_display_formatter.pop(Run, None)
+    shell.magics_manager.magics["line"].pop("fasttrain", None)
+    shell.magics_manager.registry.pop(FastTrainMagics.__name__, None)
+
+
+def _warn_about_broken_ipykernel() -> None:
+    version = getattr(sys.modules.get("ipykernel"), "__version__", "")
+    if version in ("7.0.0", "7.0.1"):
+        warnings.warn(
+            f"ipykernel {version} drops widget updates sent from threads, so the panel "
+            "will not update while training; upgrade with: pip install 'ipykernel>=7.1'",
+            stacklevel=3,
+        )
+
+
+__all__ = ["FastTrainMagics", "load_ipython_extension", "unload_ipython_extension"]

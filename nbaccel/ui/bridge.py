@@ -1,0 +1,213 @@
+"""The one bridge from a run's events to a panel: the only place state meets widgets.
+
+Events arrive on the run's publisher thread and are buffered; `Bridge.flush` applies them in
+one batch, at most a few times a second (`Throttle`). Widgets are only created and displayed on
+the main thread (by the panel); here their values change.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import threading
+import time
+from typing import TYPE_CHECKING, Callable, Optional
+
+from nbaccel.core import EpochEnded, Event, Progress, Run, RunEnded, RunStarted
+from nbaccel.ui._format import format_count, format_seconds
+from nbaccel.ui.charts import ChartData
+
+if TYPE_CHECKING:
+    from nbaccel.ui.panel import Panel
+
+
+class Throttle:
+    """Calls `fn` at most once per `interval` seconds. A call that comes too soon is deferred
+    to the end of the interval (on a timer thread), never dropped; `now=True` calls at once."""
+
+    def __init__(
+        self,
+        fn: Callable[[], None],
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fn = fn
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last = -math.inf
+        self._timer: Optional[threading.Timer] = None
+
+    def __call__(self, now: bool = False) -> None:
+        with self._lock:
+            wait = self._last + self._interval - self._clock()
+            if not now and wait > 0:
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._fire)
+                    self._timer.daemon = True
+                    self._timer.name = "nbaccel-redraw"
+                    self._timer.start()
+                return
+            self._cancel_timer()
+            self._last = self._clock()
+        self._fn()
+
+    def cancel(self) -> None:
+        """Drops a deferred call."""
+        with self._lock:
+            self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._timer is None:  # cancelled, or overtaken by a call with now=True
+                return
+            self._timer = None
+            self._last = self._clock()
+        self._fn()
+
+
+class Bridge:
+    """Subscribes a panel to a run (or to nothing: an idle panel) and keeps it up to date."""
+
+    def __init__(
+        self, panel: Panel, run: Optional[Run], updates_per_second: float = 2.0
+    ) -> None:
+        self.panel = panel
+        self.run = run
+        self.data = ChartData()
+        self.started: Optional[RunStarted] = None
+        self.progress: Optional[Progress] = None
+        self.best: Optional[EpochEnded] = None
+        self.ended: Optional[RunEnded] = None
+        self.stop_requested = False
+        self._pending: list[Event] = []
+        self._lock = threading.Lock()  # guards _pending
+        self._draw_lock = threading.Lock()  # one flush at a time
+        self._throttle = Throttle(self.flush, 1.0 / updates_per_second)
+        self._replaying = True
+        self._unsubscribe = run.subscribe(self._on_event) if run else None
+        self._replaying = False
+        self.flush(draw=True)
+
+    def close(self) -> None:
+        """Stops following the run (the panel moved on to another run)."""
+        if self._unsubscribe:
+            self._unsubscribe()
+        self._throttle.cancel()
+
+    def _on_event(self, event: Event) -> None:
+        with self._lock:
+            self._pending.append(event)
+        if not self._replaying:  # a replay is flushed once, by __init__
+            self._throttle(now=isinstance(event, RunEnded))
+
+    def flush(self, draw: bool = False) -> None:
+        """Applies the buffered events and redraws, in one batch (the chart only when there
+        were events, or when `draw` says so)."""
+        with self._draw_lock:
+            with self._lock:
+                events, self._pending = self._pending, []
+            for event in events:
+                self._apply(event)
+            self._render()
+            if events or draw:
+                self.panel.chart.draw(self.data)
+
+    def _apply(self, event: Event) -> None:
+        self.data.add(event)
+        if isinstance(event, RunStarted):
+            self.started = event
+        elif isinstance(event, Progress):
+            self.progress = event
+        elif isinstance(event, EpochEnded) and event.is_best:
+            self.best = (
+                event  # tracked here: reading run.best would take the run's lock
+            )
+        elif isinstance(event, RunEnded):
+            self.ended = event
+
+    # --- state onto widgets ------------------------------------------------------------
+
+    def _render(self) -> None:
+        panel = self.panel
+        status = self.run.status if self.run else "idle"
+        live = status in ("running", "paused")
+        panel.start_button.disabled = live
+        panel.pause_button.disabled = not live or self.stop_requested
+        panel.pause_button.description = "Resume" if status == "paused" else "Pause"
+        panel.pause_button.icon = "play" if status == "paused" else "pause"
+        panel.stop_button.disabled = not live or self.stop_requested
+        panel.controls.set_enabled(not live)
+        panel.status.value = self._status_html(status)
+        self._render_progress(status)
+        failed = self.ended is not None and self.ended.status == "failed"
+        panel.error.value = (
+            f"<pre style='white-space:pre-wrap;color:#b00020'>"
+            f"{html.escape(self.ended.traceback or self.ended.reason)}</pre>"
+            if failed and self.ended
+            else ""
+        )
+        panel.error.layout.display = None if failed else "none"
+
+    def _render_progress(self, status: str) -> None:
+        bar, label = self.panel.progress, self.panel.progress_text
+        started, progress = self.started, self.progress
+        if started is None:
+            bar.value, label.value = 0, ""
+            return
+        total = started.epochs * started.steps_per_epoch
+        done = (
+            (progress.epoch - 1) * started.steps_per_epoch + progress.step
+            if progress
+            else 0
+        )
+        bar.max = total
+        bar.value = min(done, total)
+        bar.bar_style = {"finished": "success", "failed": "danger"}.get(status, "")
+        if progress is None:
+            label.value = f"epoch 1/{started.epochs} · starting"
+            return
+        where = (
+            f"epoch {progress.epoch}/{started.epochs} · "
+            f"step {progress.step}/{started.steps_per_epoch}"
+        )
+        if status == "running" and done:
+            left = progress.elapsed_s * (total - done) / done
+            where += f" · {format_seconds(left)} left at most"
+        elif status == "paused":
+            where += " · paused"
+        label.value = where
+
+    def _status_html(self, status: str) -> str:
+        start, end, best = self.started, self.ended, self.best
+        if self.run is None:
+            return "Choose data and a backbone, then Start."
+        if start is None:
+            return "starting…"
+        setup = (
+            f"{html.escape(start.backbone)} ({html.escape(start.pretrained)}) on "
+            f"{start.device}, {start.precision} · {start.freeze_depth}/"
+            f"{len(start.layer_groups)} groups frozen, "
+            f"{format_count(start.trainable_params)} of {format_count(start.total_params)} "
+            f"parameters train · {start.train_images} train / {start.val_images} val images"
+        )
+        best_text = (
+            f" · best epoch {best.epoch}: val_acc {best.val_acc:.3f}, "
+            f"val_loss {best.val_loss:.4f}"
+            if best
+            else ""
+        )
+        if end is None:
+            word = "stopping at the next step" if self.stop_requested else status
+            return f"<b>{word}</b> · {setup}{best_text}"
+        color = {"finished": "#1b7f3b", "stopped": "#8a6d00", "failed": "#b00020"}
+        why = html.escape(end.reason.splitlines()[0] if end.reason else "")
+        return (
+            f"<b style='color:{color[end.status]}'>{end.status}</b> ({why}) after "
+            f"{format_seconds(end.elapsed_s)}{best_text} · {setup}"
+        )

@@ -1,0 +1,222 @@
+"""Live Plotly charts of a run as one figure: loss and accuracy, throughput, and time.
+
+`ChartData` turns events into series; a backend draws them: `WidgetChart` (a FigureWidget
+inside the panel, updated in one `batch_update`), `HtmlChart` (a Figure re-rendered through a
+display handle, for Colab, Kaggle and VS Code) or `NoChart` (`charts="off"`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import plotly.graph_objects as go
+import plotly.io as pio
+from IPython.display import display
+from plotly.subplots import make_subplots
+
+from nbaccel.core import EpochEnded, Event, Progress, RunEnded, RunStarted
+
+MAX_POINTS = 2000  # per trace; older points are thinned beyond this
+
+# name: (subplot column, on the secondary y axis, style)
+TRACES: dict[str, tuple[int, bool, dict]] = {
+    "train loss": (1, False, dict(line=dict(color="#1f77b4"))),
+    "val loss": (1, False, dict(mode="lines+markers", line=dict(color="#ff7f0e"))),
+    "val acc": (
+        1,
+        True,
+        dict(mode="lines+markers", line=dict(color="#2ca02c", dash="dot")),
+    ),
+    "images/s": (2, False, dict(line=dict(color="#9467bd"))),
+    "elapsed": (3, False, dict(line=dict(color="#1f77b4"))),
+    "projected": (3, False, dict(line=dict(color="#1f77b4", dash="dash"))),
+    # The naive baseline's projected time; fed by set_baseline() once savings are measured.
+    "baseline": (3, False, dict(line=dict(color="#d62728", dash="dot"))),
+}
+
+
+class ChartData:
+    """The series behind the chart, x in epochs (fractional within an epoch)."""
+
+    def __init__(self) -> None:
+        self.series: dict[str, tuple[list[float], list[float]]] = {
+            name: ([], []) for name in TRACES
+        }
+        self.epochs: Optional[int] = None  # the epoch budget, from RunStarted
+        self._last: Optional[Progress] = None  # the previous Progress event
+
+    def add(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.epochs = event.epochs
+            self._append("elapsed", 0.0, 0.0)
+        elif isinstance(event, Progress):
+            x = event.epoch - 1 + event.step / event.steps_per_epoch
+            self._append("train loss", x, self._window_loss(event))
+            self._last = event
+            self._append("images/s", x, event.images_per_s)
+            self._append("elapsed", x, event.elapsed_s)
+            self._project(x, event.elapsed_s)
+        elif isinstance(event, EpochEnded):
+            self._append("val loss", event.epoch, event.val_loss)
+            self._append("val acc", event.epoch, event.val_acc)
+            self._append("elapsed", event.epoch, event.elapsed_s)
+            self._project(event.epoch, event.elapsed_s)
+        elif isinstance(event, RunEnded):
+            self.series["projected"] = ([], [])
+
+    def set_baseline(self, epochs: list[float], seconds: list[float]) -> None:
+        """The hook for the baseline's projected time against epochs."""
+        self.series["baseline"] = (list(epochs), list(seconds))
+
+    def points(self, name: str) -> tuple[list[float], list[float]]:
+        """The trace's points, thinned to at most MAX_POINTS."""
+        xs, ys = self.series[name]
+        return thin(xs, ys)
+
+    def _append(self, name: str, x: float, y: float) -> None:
+        xs, ys = self.series[name]
+        if xs and xs[-1] == x:  # an epoch's last Progress and its EpochEnded share an x
+            ys[-1] = y
+        else:
+            xs.append(x)
+            ys.append(y)
+
+    def _window_loss(self, event: Progress) -> float:
+        """The mean loss over the steps since the previous Progress event.
+
+        Progress carries the epoch's running mean, which restarts every epoch (a sawtooth
+        on a chart); the running means and step counts give each window's mean exactly.
+        """
+        last = self._last
+        if last is None or last.epoch != event.epoch or last.step >= event.step:
+            return event.train_loss
+        total = event.train_loss * event.step - last.train_loss * last.step
+        return total / (event.step - last.step)
+
+    def _project(self, x: float, elapsed_s: float) -> None:
+        """A straight line from now to the end of the epoch budget at the pace so far."""
+        if self.epochs and x > 0 and x < self.epochs:
+            end = elapsed_s / x * self.epochs
+            self.series["projected"] = ([x, float(self.epochs)], [elapsed_s, end])
+        else:
+            self.series["projected"] = ([], [])
+
+
+def thin(
+    xs: list[float], ys: list[float], limit: int = MAX_POINTS
+) -> tuple[list[float], list[float]]:
+    """At most `limit` points: the newest half as they are, the older ones evenly sampled."""
+    count = len(xs)
+    if count <= limit:
+        return list(xs), list(ys)
+    recent = limit // 2
+    older = count - recent
+    step = older / (limit - recent)
+    keep = [int(i * step) for i in range(limit - recent)] + list(range(older, count))
+    return [xs[i] for i in keep], [ys[i] for i in keep]
+
+
+def create_figure() -> go.Figure:
+    """The empty three-panel figure with every trace in TRACES order."""
+    figure = make_subplots(
+        rows=1,
+        cols=3,
+        specs=[[{"secondary_y": True}, {}, {}]],
+        subplot_titles=("loss and accuracy", "throughput", "time"),
+        horizontal_spacing=0.11,
+    )
+    for name, (column, secondary, style) in TRACES.items():
+        trace = go.Scatter(x=[], y=[], name=name, mode=style.get("mode", "lines"))
+        trace.update({k: v for k, v in style.items() if k != "mode"})
+        if secondary:
+            figure.add_trace(trace, row=1, col=column, secondary_y=True)
+        else:
+            figure.add_trace(trace, row=1, col=column)
+    figure.update_xaxes(title_text="epoch")
+    figure.update_yaxes(title_text="loss", row=1, col=1, secondary_y=False)
+    figure.update_yaxes(  # untitled: a title here would collide with the next panel's
+        range=[0, 1.02],
+        tickformat=".0%",
+        tickmode="linear",
+        tick0=0,
+        dtick=0.2,
+        showgrid=False,
+        row=1,
+        col=1,
+        secondary_y=True,
+    )
+    figure.update_yaxes(title_text="images/s", row=1, col=2)
+    figure.update_yaxes(title_text="seconds", row=1, col=3)
+    figure.update_layout(
+        height=330,
+        autosize=True,
+        margin=dict(l=50, r=20, t=40, b=40),
+        template="plotly_white",
+        legend=dict(orientation="h", y=-0.22),
+        uirevision="nbaccel",  # keeps the user's zoom across updates
+    )
+    return figure
+
+
+class NoChart:
+    """`charts="off"`: nothing drawn."""
+
+    backend = "off"
+    widget = None
+
+    def draw(self, data: ChartData) -> None:
+        pass
+
+    def show(self) -> None:
+        pass
+
+
+class WidgetChart(NoChart):
+    """A plotly FigureWidget that lives inside the panel; each draw is one batch update."""
+
+    backend = "widget"
+
+    def __init__(self) -> None:
+        self.widget = go.FigureWidget(create_figure())
+
+    def draw(self, data: ChartData) -> None:
+        with self.widget.batch_update():
+            for trace in self.widget.data:
+                trace.x, trace.y = data.points(trace.name)
+
+
+class HtmlChart(NoChart):
+    """A plotly Figure shown below the panel and re-rendered through its display handle."""
+
+    backend = "html"
+
+    def __init__(self) -> None:
+        self.figure = create_figure()
+        self._handle = None
+
+    def show(self) -> None:
+        self._handle = display(self.bundle(), raw=True, display_id=True)
+
+    def draw(self, data: ChartData) -> None:
+        with self.figure.batch_update():
+            for trace in self.figure.data:
+                trace.x, trace.y = data.points(trace.name)
+        if self._handle is not None:
+            self._handle.update(self.bundle(), raw=True)
+
+    def bundle(self) -> dict:
+        """plotly's own HTML (plotly.js from its CDN, as plotly's Colab renderer does) plus
+        its JSON mimetype, which JupyterLab and VS Code render without the network."""
+        return {
+            "text/html": pio.to_html(
+                self.figure, include_plotlyjs="cdn", full_html=False
+            ),
+            "application/vnd.plotly.v1+json": json.loads(self.figure.to_json()),
+            "text/plain": "<nbaccel chart>",
+        }
+
+
+def create_chart(backend: str) -> NoChart:
+    """The chart for a resolved backend: "widget", "html" or "off"."""
+    return {"widget": WidgetChart, "html": HtmlChart, "off": NoChart}[backend]()

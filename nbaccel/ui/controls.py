@@ -1,0 +1,286 @@
+"""The panel's choices: data, backbone, weights, freeze depth, precision, stopping rule.
+
+`Controls.to_kwargs()` turns them into `fasttrain()` keywords; the API itself checks them, so
+the panel refuses bad choices with the API's own messages.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import ipywidgets as widgets
+import timm
+
+from nbaccel.core import TrainConfig, list_freeze_options, parse_stop_rule
+from nbaccel.core.precision import resolve_device, resolve_precision
+from nbaccel.ui._format import format_count
+
+MAX_LISTED = 300  # backbone names shown at once; the filter narrows the rest
+STOP_PRESETS = (
+    "patience:3",
+    "patience:5",
+    "target:val_acc>=0.95 | patience:5",
+    "time:10m | patience:3",
+    "epochs:5",
+    "none",
+)
+# Keywords the panel has no control for: kept from the run it shows, used again on Start.
+KEPT = ("val", "batch_size", "lr", "device", "seed", "augment")
+WIDE = dict(layout=widgets.Layout(width="460px"), style={"description_width": "110px"})
+
+
+def parse_pretrained(text: Union[str, bool, os.PathLike]) -> Union[bool, str]:
+    """ "yes" -> True (timm's published weights), "no" -> False, anything else is a path."""
+    if isinstance(text, bool):
+        return text
+    words = {"yes": True, "true": True, "hub": True, "no": False, "false": False}
+    value = str(text).strip()
+    return words.get(value.lower(), os.path.expanduser(value))
+
+
+class Controls:
+    """The choice widgets, as one VBox (`.widget`), with defaults from a config or keywords."""
+
+    def __init__(self, defaults: Optional[dict] = None, num_classes: int = 10) -> None:
+        fields = TrainConfig.__dataclass_fields__
+        values = {
+            name: fields[name].default for name in fields if name not in ("data",)
+        }
+        values.update(defaults or {})
+        self.kept = {name: values[name] for name in KEPT}
+        self.num_classes = num_classes
+        self._data_object: Any = None
+        self._data_label = ""
+        self._freeze_cache: dict[str, list] = {}
+        self._all_names = timm.list_models()
+        self._with_weights = {
+            name.split(".")[0] for name in timm.list_models(pretrained=True)
+        }
+
+        self.data = widgets.Text(
+            description="data",
+            placeholder="a folder with one subfolder per class",
+            **WIDE,
+        )
+        self.set_data(values.get("data"))
+        self.backbone_filter = widgets.Text(
+            description="backbone",
+            placeholder="filter: resnet, convnext, vit…",
+            continuous_update=True,
+            **WIDE,
+        )
+        self.weights_only = widgets.Checkbox(
+            value=False, description="only with published weights", indent=False
+        )
+        self.backbone = widgets.Dropdown(description=" ", **WIDE)
+        self.pretrained = widgets.Combobox(
+            value=_pretrained_text(values["pretrained"]),
+            options=["yes", "no"],
+            ensure_option=False,
+            description="weights",
+            placeholder="yes (timm hub), no (random) or a weights file",
+            **WIDE,
+        )
+        self.freeze = widgets.SelectionSlider(
+            options=[("auto", "auto")], description="freeze", **WIDE
+        )
+        self.freeze_info = widgets.HTML()
+        self.precision = widgets.Dropdown(
+            options=_precision_options(values["device"]),
+            description="precision",
+            **WIDE,
+        )
+        self.stop = widgets.Combobox(
+            value=values["stop"],
+            options=list(STOP_PRESETS),
+            ensure_option=False,
+            description="stop when",
+            **WIDE,
+        )
+        self.stop_info = widgets.HTML()
+        self.epochs = widgets.BoundedIntText(
+            value=values["epochs"], min=1, max=100_000, description="epochs", **WIDE
+        )
+        self.image_size = widgets.BoundedIntText(
+            value=values["image_size"] or 0,
+            min=0,
+            max=4096,
+            description="image size",
+            **WIDE,
+        )
+        set_tooltip(self.image_size, "pixels; 0 uses the backbone's default")
+
+        self._list_backbones(selected=values["backbone"])
+        self._list_freeze_options(values["freeze"])
+        if values["precision"] in [v for _, v in self.precision.options]:
+            self.precision.value = values["precision"]
+        self._check_stop()
+        self.backbone_filter.observe(lambda _: self._list_backbones(), "value")
+        self.weights_only.observe(lambda _: self._list_backbones(), "value")
+        self.backbone.observe(lambda _: self._list_freeze_options(), "value")
+        self.freeze.observe(lambda _: self._describe_freeze(), "value")
+        self.stop.observe(lambda _: self._check_stop(), "value")
+        self.widget = widgets.VBox(
+            [
+                self.data,
+                self.backbone_filter,
+                widgets.HBox([self.backbone, self.weights_only]),
+                self.pretrained,
+                self.freeze,
+                self.freeze_info,
+                self.precision,
+                widgets.HBox([self.stop, self.stop_info]),
+                self.epochs,
+                self.image_size,
+            ]
+        )
+
+    # --- reading and writing the choices -----------------------------------------------
+
+    def set_data(self, data: Any) -> None:
+        """Shows a path as text; an in-memory object (arrays, a Dataset) by a label."""
+        if data is None or isinstance(data, (str, os.PathLike)):
+            self._data_object, self._data_label = None, ""
+            self.data.value = "" if data is None else str(data)
+        else:
+            self._data_object = data
+            self._data_label = f"<in-memory {type(data).__name__}>"
+            self.data.value = self._data_label
+
+    def to_kwargs(self) -> dict:
+        """The choices as `fasttrain()` keywords (unchecked: TrainConfig checks them)."""
+        text = self.data.value.strip()
+        if self._data_label and text == self._data_label:
+            data: Any = self._data_object
+        elif text:
+            data = Path(text).expanduser()
+        else:
+            raise ValueError(
+                "no data: type the path of an image folder (one subfolder per class) in "
+                "the data box"
+            )
+        return dict(
+            data=data,
+            backbone=self.backbone.value,
+            pretrained=parse_pretrained(self.pretrained.value),
+            freeze=self.freeze.value,
+            precision=self.precision.value,
+            stop=self.stop.value,
+            epochs=self.epochs.value,
+            image_size=self.image_size.value or None,
+            **self.kept,
+        )
+
+    def set_enabled(self, enabled: bool) -> None:
+        for child in (
+            self.data,
+            self.backbone_filter,
+            self.weights_only,
+            self.backbone,
+            self.pretrained,
+            self.freeze,
+            self.precision,
+            self.stop,
+            self.epochs,
+            self.image_size,
+        ):
+            child.disabled = not enabled
+
+    # --- reacting to choices -------------------------------------------------------------
+
+    def _list_backbones(self, selected: Optional[str] = None) -> None:
+        selected = selected or self.backbone.value
+        words = self.backbone_filter.value.lower().split()
+        names = [
+            name
+            for name in self._all_names
+            if all(word in name for word in words)
+            and (not self.weights_only.value or name in self._with_weights)
+        ]
+        shown = names[:MAX_LISTED]
+        if selected and selected not in shown:
+            shown.insert(0, selected)
+        self.backbone.options = [
+            (f"{name} ✓ weights" if name in self._with_weights else name, name)
+            for name in shown
+        ]
+        set_tooltip(
+            self.backbone, f"{len(names)} of {len(self._all_names)} timm models match"
+        )
+        if selected in shown:
+            self.backbone.value = selected
+
+    def _list_freeze_options(self, freeze: Any = None) -> None:
+        """The slider's stops, labelled with the model's groups and trainable counts."""
+        name = self.backbone.value
+        if not name:
+            return
+        if name not in self._freeze_cache:
+            self._freeze_cache[name] = list_freeze_options(name, self.num_classes)
+        options = self._freeze_cache[name]
+        current = self.freeze.value if freeze is None else freeze
+        if current == "all":
+            current = len(options) - 1
+        self.freeze.options = [("auto", "auto")] + [
+            (f"{o.depth}: {o.label}", o.depth) for o in options
+        ]
+        values = ["auto"] + [o.depth for o in options]
+        self.freeze.value = current if current in values else "auto"
+        self._describe_freeze()
+
+    def _describe_freeze(self) -> None:
+        options = self._freeze_cache.get(self.backbone.value, [])
+        if self.freeze.value == "auto" or not options:
+            self.freeze_info.value = (
+                "<small>auto: nothing frozen with random weights; with pretrained weights, "
+                "head only under 100 images per class, half the groups up to 1000, "
+                "else the stem</small>"
+            )
+            return
+        option = options[self.freeze.value]
+        self.freeze_info.value = (
+            f"<small>{option.label} · {format_count(option.trainable_params)} of "
+            f"{format_count(option.total_params)} parameters train "
+            f"(with a {self.num_classes}-class head)</small>"
+        )
+
+    def _check_stop(self) -> None:
+        try:
+            parse_stop_rule(self.stop.value)
+        except ValueError as error:
+            self.stop_info.value = f"<small style='color:#b00020'>{error}</small>"
+        else:
+            self.stop_info.value = "<small>✓</small>"
+
+
+def set_tooltip(widget: widgets.Widget, text: str) -> None:
+    """ipywidgets 8 calls it `tooltip`; 7.7 (Colab's) `description_tooltip`."""
+    name = "tooltip" if widget.has_trait("tooltip") else "description_tooltip"
+    setattr(widget, name, text)
+
+
+def _pretrained_text(pretrained: Any) -> str:
+    if pretrained is True:
+        return "yes"
+    if pretrained is False:
+        return "no"
+    return str(pretrained)
+
+
+def _precision_options(device_name: str) -> list[tuple[str, str]]:
+    """Only what this device can do, with what "auto" becomes here."""
+    try:
+        device = resolve_device(device_name)
+    except ValueError:
+        device = resolve_device("cpu")
+    supported = []
+    for precision in ("fp32", "bf16", "fp16"):
+        try:
+            resolve_precision(precision, device)
+        except ValueError:
+            continue
+        supported.append(precision)
+    auto = resolve_precision("auto", device)
+    return [(f"auto ({auto} on {device.type})", "auto")] + [(p, p) for p in supported]

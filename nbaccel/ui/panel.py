@@ -1,0 +1,152 @@
+"""The control panel: Start / Pause / Stop, progress, status, errors, live charts, choices.
+
+panel = nbaccel.ui.panel_for(run)   # or Panel() to pick everything with widgets
+panel                               # shows it (build and show it on the main thread)
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any, Optional
+
+import ipywidgets as widgets
+from IPython.display import display
+
+from nbaccel.core import Run, TrainConfig, start_run
+from nbaccel.ui.bridge import Bridge
+from nbaccel.ui.charts import create_chart
+from nbaccel.ui.controls import Controls
+from nbaccel.ui.environment import (
+    detect_front_end,
+    enable_colab_widgets,
+    resolve_chart_backend,
+    updates_per_second,
+)
+
+
+class Panel:
+    """A run's live view, and a way to start the next one.
+
+    Args:
+        run: the run to show (live or ended); None opens an idle panel with pickers.
+        charts: "auto" | "widget" | "html" | "off" (see nbaccel.ui.environment).
+        defaults: fasttrain() keywords to prefill the choices when there is no run.
+
+    Raises:
+        ValueError: `charts` is not one of the backends.
+    """
+
+    def __init__(
+        self,
+        run: Optional[Run] = None,
+        charts: str = "auto",
+        defaults: Optional[dict] = None,
+    ) -> None:
+        front_end = detect_front_end()
+        backend = resolve_chart_backend(charts, front_end)
+        if backend == "widget":
+            enable_colab_widgets(front_end)
+        if run is not None:
+            config = run.config
+            defaults = {
+                name: getattr(config, name) for name in config.__dataclass_fields__
+            }
+        self.controls = Controls(
+            defaults, num_classes=len(run.class_names) if run else 10
+        )
+        self.start_button = widgets.Button(
+            description="Start", icon="play", button_style="success"
+        )
+        self.pause_button = widgets.Button(description="Pause", icon="pause")
+        self.stop_button = widgets.Button(
+            description="Stop", icon="stop", button_style="danger"
+        )
+        self.progress = widgets.IntProgress(
+            min=0, max=1, layout=widgets.Layout(width="360px")
+        )
+        self.progress_text = widgets.Label()
+        self.status = widgets.HTML()
+        self.message = widgets.HTML()  # a refused choice, in the API's words
+        self.error = widgets.HTML(layout=widgets.Layout(display="none"))  # traceback
+        self.chart = create_chart(backend)
+        choices = widgets.Accordion(children=[self.controls.widget])
+        choices.set_title(0, "choices")
+        choices.selected_index = None if run else 0
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox([self.start_button, self.pause_button, self.stop_button]),
+                widgets.HBox([self.progress, self.progress_text]),
+                self.status,
+                self.message,
+                self.error,
+            ]
+            + ([self.chart.widget] if self.chart.widget is not None else [])
+            + [choices]
+        )
+        self.start_button.on_click(lambda _: self.start())
+        self.pause_button.on_click(lambda _: self.toggle_pause())
+        self.stop_button.on_click(lambda _: self.stop())
+        self.run: Optional[Run] = None
+        self._rate = updates_per_second(front_end)
+        self._bridge = Bridge(self, None, self._rate)
+        if run is not None:
+            self._follow(run)
+
+    def start(self) -> Optional[Run]:
+        """Starts a run with the panel's choices (the Start button). A bad choice is refused
+        in the message line with the API's own words, and no run starts."""
+        self.message.value = ""
+        if self.run is not None and self.run.status in ("running", "paused"):
+            self._refuse("a run is in progress: press Stop before starting another")
+            return None
+        try:
+            self.status.value = "preparing the data and the model…"
+            run = start_run(TrainConfig(**self.controls.to_kwargs()))
+        except ValueError as error:
+            self._refuse(str(error))
+            self._bridge.flush()
+            return None
+        self._follow(run)
+        return run
+
+    def toggle_pause(self) -> None:
+        """Pauses a running run, resumes a paused one (the Pause/Resume button)."""
+        if self.run is None:
+            return
+        if self.run.status == "paused":
+            self.run.resume()
+        else:
+            self.run.pause()
+        self._bridge.flush()
+
+    def stop(self) -> None:
+        """Asks the run to stop at the next step boundary (the Stop button); returns at once."""
+        if self.run is None:
+            return
+        self._bridge.stop_requested = True
+        self.run.stop(timeout=0)
+        self._bridge.flush()
+
+    def close(self) -> None:
+        """Stops following the run (the run itself goes on)."""
+        self._bridge.close()
+
+    def _follow(self, run: Run) -> None:
+        self._bridge.close()
+        self.run = run
+        self._bridge = Bridge(self, run, self._rate)
+
+    def _refuse(self, text: str) -> None:
+        self.message.value = f"<span style='color:#b00020'>✗ {html.escape(text)}</span>"
+
+    def _ipython_display_(self) -> None:
+        display(self.widget)
+        self.chart.show()
+
+    def __repr__(self) -> str:
+        return f"<nbaccel Panel: {self.run!r}>"
+
+
+def panel_for(run: Run, charts: str = "auto", **kwargs: Any) -> Panel:
+    """A new panel following `run`: live while it trains, its whole history once it has ended."""
+    return Panel(run, charts=charts, **kwargs)
