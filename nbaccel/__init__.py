@@ -9,6 +9,7 @@ Importing nbaccel touches no GPU, downloads nothing and builds no widget.
 
 from nbaccel import datasets as datasets
 from nbaccel.core import (
+    Comparison,
     EpochEnded,
     Event,
     FreezeOption,
@@ -17,8 +18,11 @@ from nbaccel.core import (
     Run,
     RunEnded,
     RunStarted,
+    Savings,
+    SavingsUpdated,
     TrainConfig,
     TrainingFailed,
+    compare,
     current_run,
     fasttrain,
     list_freeze_options,
@@ -44,6 +48,7 @@ def unload_ipython_extension(ipython):  # noqa: ANN001, ANN201 - IPython's hook
 
 
 __all__ = [
+    "Comparison",
     "EpochEnded",
     "Event",
     "FreezeOption",
@@ -52,8 +57,11 @@ __all__ = [
     "Run",
     "RunEnded",
     "RunStarted",
+    "Savings",
+    "SavingsUpdated",
     "TrainConfig",
     "TrainingFailed",
+    "compare",
     "current_run",
     "datasets",
     "fasttrain",

@@ -11,15 +11,22 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from nbaccel.core import Run, TrainConfig, current_run, start_run
-from nbaccel.ui import Panel, parse_pretrained
+from nbaccel.core import (
+    Comparison,
+    Run,
+    TrainConfig,
+    current_run,
+    prepare_comparison,
+    prepare_run,
+)
+from nbaccel.ui import ComparisonPanel, Panel, parse_pretrained
 from nbaccel.ui.environment import CHART_BACKENDS
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -83,11 +90,18 @@ class FastTrainMagics(Magics):
     @argument(
         "--wait", action="store_true", help="block the cell until the run has ended"
     )
+    @argument(
+        "--compare",
+        action="store_true",
+        help="also train the baseline (every layer, fp32, no early stop) for real, after "
+        "this run, and show both: the projected saving against the measured one",
+    )
     @line_magic
-    def fasttrain(self, line: str = "") -> Optional[Run]:
+    def fasttrain(self, line: str = "") -> Union[Run, Comparison, None]:
         """Fine-tune a timm image model on DATA in the background, with a live panel.
 
-        Returns the Run (run.wait(), run.stop(), run.history, run.model). The notebook
+        Returns the Run (run.wait(), run.stop(), run.history, run.model), or with
+        --compare the Comparison (cmp.wait(), cmp.speedup, cmp.projection_error). The notebook
         stays usable while it trains; the panel's Stop button or run.stop() ends it.
         """
         args = parse_argstring(self.fasttrain, line)
@@ -100,11 +114,19 @@ class FastTrainMagics(Magics):
             display(Panel(charts=args.charts, defaults=keywords))
             return None
         try:
-            run = start_run(TrainConfig(data=self._data(args.data), **keywords))
+            data = self._data(args.data)
+            if args.compare:
+                run: Union[Run, Comparison] = prepare_comparison(data, **keywords)
+            else:
+                run = prepare_run(TrainConfig(data=data, **keywords))
         except ValueError as error:
             raise UsageError(str(error)) from None
-        display(Panel(run, charts=args.charts))
+        # The panel is drawn before training starts: drawing it holds the GIL for a
+        # second or two, which would slow the first steps and the baseline's timing.
+        view = ComparisonPanel if isinstance(run, Comparison) else Panel
+        display(view(run, charts=args.charts))
         self._shown = (id(run), self.shell.execution_count)
+        run.start()
         if args.wait:
             try:
                 run.wait()
@@ -113,11 +135,11 @@ class FastTrainMagics(Magics):
                 raise
         return run
 
-    def display_run(self, run: Run) -> None:
-        """Shows `run` as its live panel (`run` as the last line of a cell)."""
+    def display_run(self, run: Union[Run, Comparison]) -> None:
+        """Shows a Run or a Comparison as its live panel (the last line of a cell)."""
         if self._shown == (id(run), self.shell.execution_count):
             return  # %fasttrain in this very cell has shown it already
-        display(Panel(run))
+        display(ComparisonPanel(run) if isinstance(run, Comparison) else Panel(run))
 
     def _data(self, name: str) -> Any:
         namespace = self.shell.user_ns
@@ -171,7 +193,9 @@ def load_ipython_extension(shell: Any) -> None:
     _warn_about_broken_ipykernel()
     magics = FastTrainMagics(shell)
     shell.register_magics(magics)
-    shell.display_formatter.ipython_display_formatter.for_type(Run, magics.display_run)
+    formatter = shell.display_formatter.ipython_display_formatter
+    formatter.for_type(Run, magics.display_run)
+    formatter.for_type(Comparison, magics.display_run)
 
 
 def unload_ipython_extension(shell: Any) -> None:
@@ -179,7 +203,9 @@ def unload_ipython_extension(shell: Any) -> None:
     run = current_run()
     if run is not None and run.status in ("running", "paused"):
         run.stop()
-    shell.display_formatter.ipython_display_formatter.pop(Run, None)
+    formatter = shell.display_formatter.ipython_display_formatter
+    formatter.pop(Run, None)
+    formatter.pop(Comparison, None)
     shell.magics_manager.magics["line"].pop("fasttrain", None)
     shell.magics_manager.registry.pop(FastTrainMagics.__name__, None)
 

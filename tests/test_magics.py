@@ -8,7 +8,7 @@ from IPython.testing import globalipapp
 
 import nbaccel
 import nbaccel.magics
-from nbaccel.ui import Panel
+from nbaccel.ui import ComparisonPanel, Panel
 from tests.conftest import wait_for
 
 SMALL_FLAGS = "--backbone test_resnet --pretrained no --image-size 32"
@@ -172,3 +172,13 @@ def test_a_run_as_the_last_line_shows_one_panel(ip, shown, digits_high):
     assert "finished" in shown[1].status.value
     cell(f"%fasttrain path {SMALL_FLAGS} --epochs 1 --wait")
     assert len(shown) == 3  # the magic's own panel, not a second one from Out
+
+
+def test_compare_flag_trains_both_and_shows_the_comparison(ip, shown, digits_high):
+    cmp = ip.run_line_magic(
+        "fasttrain", f"{digits_high} {SMALL_FLAGS} --epochs 2 --compare --wait"
+    )
+    assert isinstance(cmp, nbaccel.Comparison) and cmp.status == "finished"
+    [view] = shown
+    assert isinstance(view, ComparisonPanel) and view.comparison is cmp
+    assert "speedup" in view.summary.value

@@ -61,7 +61,25 @@ def test_event_stream_order_and_publisher_thread(digits_high):
     assert isinstance(events[0], RunStarted) and isinstance(events[-1], RunEnded)
     kinds = [type(e).__name__ for e in events]
     assert kinds.count("EpochEnded") == 2 and kinds.count("Progress") >= 2
-    assert all(isinstance(e, Progress) for e in events[1 : kinds.index("EpochEnded")])
+    # Start, calibration's projection, then per epoch: progress, the epoch, a projection;
+    # the measured savings last before the end (#4).
+    compact = [k for i, k in enumerate(kinds) if k != "Progress" or kinds[i - 1] != k]
+    assert compact == [
+        "RunStarted",
+        "SavingsUpdated",
+        "Progress",
+        "EpochEnded",
+        "SavingsUpdated",
+        "Progress",
+        "EpochEnded",
+        "SavingsUpdated",
+        "SavingsUpdated",
+        "RunEnded",
+    ]
+    assert [e.savings.final for e in events if hasattr(e, "savings")][-2:] == [
+        False,
+        True,
+    ]
     assert threads <= {"nbaccel-publish"} and "nbaccel-train" not in threads
     assert (
         seen == events[len(events) - len(seen) :]

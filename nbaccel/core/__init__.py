@@ -1,11 +1,15 @@
 """The training engine. Imports torch and timm only: no IPython, ipywidgets or plotly."""
 
+from nbaccel.core.compare import Comparison as Comparison
+from nbaccel.core.compare import compare as compare
+from nbaccel.core.compare import prepare_comparison as prepare_comparison
 from nbaccel.core.config import TrainConfig as TrainConfig
 from nbaccel.core.events import EpochEnded as EpochEnded
 from nbaccel.core.events import Event as Event
 from nbaccel.core.events import Progress as Progress
 from nbaccel.core.events import RunEnded as RunEnded
 from nbaccel.core.events import RunStarted as RunStarted
+from nbaccel.core.events import SavingsUpdated as SavingsUpdated
 from nbaccel.core.model import FreezeOption as FreezeOption
 from nbaccel.core.model import LayerGroup as LayerGroup
 from nbaccel.core.model import list_freeze_options as list_freeze_options
@@ -14,10 +18,13 @@ from nbaccel.core.run import Run as Run
 from nbaccel.core.run import TrainingFailed as TrainingFailed
 from nbaccel.core.run import current_run as current_run
 from nbaccel.core.run import fasttrain as fasttrain
+from nbaccel.core.run import prepare_run as prepare_run
 from nbaccel.core.run import start_run as start_run
+from nbaccel.core.savings import Savings as Savings
 from nbaccel.core.stopping import parse_stop_rule as parse_stop_rule
 
 __all__ = [
+    "Comparison",
     "EpochEnded",
     "Event",
     "FreezeOption",
@@ -26,12 +33,17 @@ __all__ = [
     "Run",
     "RunEnded",
     "RunStarted",
+    "Savings",
+    "SavingsUpdated",
     "TrainConfig",
     "TrainingFailed",
+    "compare",
     "current_run",
     "fasttrain",
     "list_freeze_options",
     "list_layer_groups",
     "parse_stop_rule",
+    "prepare_comparison",
+    "prepare_run",
     "start_run",
 ]

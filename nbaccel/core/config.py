@@ -10,6 +10,7 @@ from nbaccel.core.stopping import StopRule, parse_stop_rule
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENTS = ("light", "flip", "none")
+BASELINES = ("measure", "off")
 Pretrained = Union[bool, str, "os.PathLike[str]"]
 
 
@@ -53,6 +54,9 @@ class TrainConfig:
     # (light plus horizontal flips), "none". Light is the default because flips change the
     # meaning of text, digits and some medical images.
     augment: str = "light"
+    # "measure": time a few baseline steps (every layer trained, fp32) on the real batches
+    # before training, to report the time saved (run.savings); "off": skip that.
+    baseline: str = "measure"
 
     def __post_init__(self) -> None:
         _check(
@@ -105,6 +109,10 @@ class TrainConfig:
         _check(
             self.augment in AUGMENTS,
             f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}",
+        )
+        _check(
+            self.baseline in BASELINES,
+            f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}",
         )
         _check(
             self.val is not None,

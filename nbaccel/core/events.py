@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Optional, Union
 
+from nbaccel.core.savings import Savings
+
 
 @dataclass(frozen=True)
 class RunStarted:
@@ -67,6 +69,14 @@ class EpochEnded:
 
 
 @dataclass(frozen=True)
+class SavingsUpdated:
+    """The time saved against the baseline: after the calibration, after each epoch (both
+    projected), and once more, measured, just before RunEnded."""
+
+    savings: Savings  # plain numbers and strings, frozen
+
+
+@dataclass(frozen=True)
 class RunEnded:
     """The last event of every run, whatever happened."""
 
@@ -75,8 +85,8 @@ class RunEnded:
         str  # "patience", "target", "time", "epochs", "user", "nan" or the error text
     )
     best_epoch: Optional[int]
-    elapsed_s: float
+    elapsed_s: float  # the run's wall time, calibration included, paused time left out
     traceback: Optional[str] = None  # the formatted traceback when status == "failed"
 
 
-Event = Union[RunStarted, Progress, EpochEnded, RunEnded]
+Event = Union[RunStarted, Progress, EpochEnded, SavingsUpdated, RunEnded]

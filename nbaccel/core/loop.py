@@ -5,6 +5,7 @@ It talks to the world only through `emit(event)` and reads only the `Control` fl
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import threading
@@ -15,12 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nbaccel.core.events import EpochEnded, Event, Progress, RunStarted
+from nbaccel.core.calibration import Calibration, calibrate
+from nbaccel.core.events import EpochEnded, Event, Progress, RunStarted, SavingsUpdated
 from nbaccel.core.job import TrainingJob, describe_start
 from nbaccel.core.model import best_state_copy, set_train_mode
 from nbaccel.core.optimizer import create_optimizer, lr_factor, set_learning_rate
-from nbaccel.core.precision import autocast, create_grad_scaler
+from nbaccel.core.precision import create_grad_scaler
+from nbaccel.core.savings import estimate_savings
+from nbaccel.core.steps import eval_step, train_step
 from nbaccel.core.stopping import is_better
+
+logger = logging.getLogger(__name__)
 
 PROGRESS_EVERY = (
     10  # steps between Progress events: the only host syncs inside an epoch
@@ -73,20 +79,30 @@ def run_training(
     job: TrainingJob, emit: Callable[[Event], None], control: Control
 ) -> tuple[str, str, Optional[int]]:
     """Trains `job.model` in place. Returns (status, reason, best epoch or None)."""
-    # 1. Set up on this thread: seed, device, optimizer, scaler. timm's crops draw from
-    # Python's `random`, torchvision's from torch's: both are seeded for a repeatable run.
-    random.seed(job.config.seed)
-    torch.manual_seed(job.config.seed)
+    # 1. Set up on this thread: seed, device, optimizer, scaler.
+    seed_everything(job.config.seed)
     model = job.model.to(job.device)
     optimizer = create_optimizer(model, job.head_lr, job.backbone_lr)
     scaler = create_grad_scaler(job.device, job.precision)
     emit(RunStarted(**describe_start(job)))
     control.start_clock()
     history: list[dict] = []
+    # 2. Time the baseline's steps and this run's on real batches (part of elapsed), then
+    # seed again: the timing drew from the RNGs, and the run must not depend on it.
+    calibration = measure_baseline(job, control)
+    seed_everything(job.config.seed)
+
+    def report_savings(end_reason: Optional[str] = None) -> None:
+        if calibration is not None:
+            emit(
+                savings_update(job, calibration, history, control.elapsed(), end_reason)
+            )
+
+    report_savings()
     best_state, best_epoch, reason = None, None, "epochs"
     monitor = job.stop_rule.monitor
     for epoch in range(1, job.config.epochs + 1):
-        # 2. Train one epoch; stop requests, the time budget and NaN are checked between steps.
+        # 3. Train one epoch; stop requests, the time budget and NaN are checked between steps.
         epoch_started = time.perf_counter()
         interrupted, train_loss, images_per_s = train_epoch(
             model, optimizer, scaler, job, epoch, emit, control
@@ -94,7 +110,7 @@ def run_training(
         if interrupted:
             reason = interrupted
             break
-        # 3. Evaluate on the held-out images.
+        # 4. Evaluate on the held-out images.
         scores = evaluate(model, job, control)
         if scores is None:
             reason = "user"
@@ -103,7 +119,7 @@ def run_training(
         if not math.isfinite(val_loss):
             reason = "nan"
             break
-        # 4. Record the epoch; keep a host copy of the best weights so far.
+        # 5. Record the epoch; keep a host copy of the best weights so far.
         row = dict(
             epoch=epoch,
             train_loss=train_loss,
@@ -120,16 +136,60 @@ def run_training(
         if is_best:
             best_state, best_epoch = best_state_copy(model), epoch
         emit(EpochEnded(**row, is_best=is_best))
-        # 5. Ask the stopping rules; the epoch budget ends the loop by itself.
+        report_savings()
+        # 6. Ask the stopping rules; the epoch budget ends the loop by itself.
         fired = job.stop_rule.check(history, control.elapsed())
         if fired:
             reason = fired
             break
-    # 6. Restore the best epoch's weights; the optimizer's state goes with this frame.
+    # 7. Report the measured savings; restore the best epoch's weights.
+    report_savings(reason)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return ("stopped" if reason == "user" else "finished"), reason, best_epoch
+
+
+def seed_everything(seed: int) -> None:
+    """timm's random crops draw from Python's `random`, torchvision's from torch's."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def measure_baseline(job: TrainingJob, control: Control) -> Optional[Calibration]:
+    """The calibration, unless baseline="off", a stop came first, or the copies did not fit
+    in memory (the run goes on without savings)."""
+    if job.config.baseline == "off":
+        return None
+    try:
+        return calibrate(job, control.stop_requested.is_set)
+    except torch.cuda.OutOfMemoryError:
+        logger.warning(
+            "not enough GPU memory to time the baseline; savings not measured"
+        )
+        return None
+
+
+def savings_update(
+    job: TrainingJob,
+    calibration: Calibration,
+    history: list[dict],
+    elapsed_s: float,
+    end_reason: Optional[str],
+) -> SavingsUpdated:
+    return SavingsUpdated(
+        estimate_savings(
+            calibration,
+            steps_per_epoch=len(job.train_loader),
+            val_batches=len(job.val_loader),
+            freeze_depth=job.freeze_depth,
+            precision=job.precision,
+            history=history,
+            elapsed_s=elapsed_s,
+            budget=job.config.epochs,
+            end_reason=end_reason,
+        )
+    )
 
 
 def train_epoch(
@@ -155,16 +215,10 @@ def train_epoch(
             return "user", mean_loss, 0.0
         if time_limit is not None and control.elapsed() >= time_limit:
             return "time", mean_loss, 0.0
-        inputs = inputs.to(job.device, non_blocking=True)
-        targets = targets.to(job.device, non_blocking=True)
         set_learning_rate(optimizer, lr_factor(first_step + step - 1, total_steps))
-        with autocast(job.device, job.precision):
-            loss = F.cross_entropy(model(inputs), targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        loss_sum += loss.detach()
+        loss_sum += train_step(
+            model, optimizer, scaler, inputs, targets, job.device, job.precision
+        )
         images += len(targets)
         if step % PROGRESS_EVERY == 0 or step == steps:
             mean_loss = (
@@ -189,10 +243,8 @@ def evaluate(
     for inputs, targets in job.val_loader:
         if control.should_stop():
             return None
-        inputs = inputs.to(job.device, non_blocking=True)
+        logits = eval_step(model, inputs, job.device, job.precision)
         targets = targets.to(job.device, non_blocking=True)
-        with autocast(job.device, job.precision):
-            logits = model(inputs)
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum")
         correct += (logits.argmax(dim=1) == targets).sum()
         count += len(targets)

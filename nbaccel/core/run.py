@@ -10,7 +10,6 @@ import gc
 import logging
 import queue
 import threading
-import time
 import traceback
 from typing import Any, Callable, Optional
 
@@ -18,9 +17,10 @@ import torch
 from torch import nn
 
 from nbaccel.core.config import TrainConfig
-from nbaccel.core.events import EpochEnded, Event, RunEnded
+from nbaccel.core.events import EpochEnded, Event, RunEnded, SavingsUpdated
 from nbaccel.core.job import TrainingJob, prepare_job
 from nbaccel.core.loop import Control, run_training
+from nbaccel.core.savings import Savings
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,15 @@ class Run:
         self._device = job.device
         self._control = Control()
         self._queue: queue.Queue[Event] = queue.Queue()
-        self._lock = threading.RLock()  # guards the log, history and subscribers
+        # Orders publishing against subscribing (a replay sees each event exactly once).
+        # Reads take no lock, so a subscriber may read the run from anywhere without a
+        # lock-order deadlock: the publisher is the only writer, and it only appends to
+        # lists and rebinds attributes, which a reader copies whole.
+        self._lock = threading.RLock()
         self._events: list[Event] = []
         self._history: list[dict] = []
         self._best: Optional[dict] = None
+        self._savings: Optional[Savings] = None
         self._subscribers: list[Callable[[Event], Any]] = []
         self._ended: Optional[RunEnded] = None
         self._done = threading.Event()
@@ -124,9 +129,12 @@ class Run:
 
     @property
     def status(self) -> str:
-        """ "running" | "paused" | "finished" | "stopped" | "failed"."""
+        """ "running" | "paused" | "finished" | "stopped" | "failed", or "pending" before
+        start() (a compare() run waiting for its turn)."""
         if self._ended is not None:
             return self._ended.status
+        if self._trainer.ident is None:
+            return "pending"
         return "paused" if self._control.paused else "running"
 
     @property
@@ -139,14 +147,20 @@ class Run:
     def history(self) -> list[dict]:
         """One dict per finished epoch: epoch, train_loss, val_loss, val_acc, images_per_s,
         epoch_s, elapsed_s."""
-        with self._lock:
-            return [dict(row) for row in self._history]
+        return [dict(row) for row in list(self._history)]
 
     @property
     def best(self) -> Optional[dict]:
         """The best epoch's row (by the stopping rule's monitored metric, val_loss by default)."""
-        with self._lock:
-            return None if self._best is None else dict(self._best)
+        best = self._best
+        return None if best is None else dict(best)
+
+    @property
+    def savings(self) -> Optional[Savings]:
+        """Time saved against the baseline (every layer trained, fp32, no early stop):
+        projected while the run goes, measured once it has ended. None with baseline="off"
+        or before the calibration."""
+        return self._savings
 
     @property
     def model(self) -> Optional[nn.Module]:
@@ -157,8 +171,7 @@ class Run:
     @property
     def events(self) -> list[Event]:
         """Every event published so far, in order."""
-        with self._lock:
-            return list(self._events)
+        return list(self._events)
 
     def subscribe(
         self, fn: Callable[[Event], Any], replay: bool = True
@@ -197,18 +210,18 @@ class Run:
     def _train(self) -> None:
         job = self._job
         assert job is not None
-        started = time.perf_counter()
         try:
             status, reason, best_epoch = run_training(
                 job, self._queue.put, self._control
             )
-            ended = RunEnded(status, reason, best_epoch, time.perf_counter() - started)
+            # The run's clock: from the first step's set-up, paused time left out.
+            ended = RunEnded(status, reason, best_epoch, self._control.elapsed())
         except BaseException as error:  # noqa: BLE001 - everything becomes a failed run
             ended = RunEnded(
                 "failed",
                 f"{type(error).__name__}: {error}",
                 None,
-                time.perf_counter() - started,
+                self._control.elapsed(),
                 traceback.format_exc(),
             )
             self._model = None
@@ -228,6 +241,8 @@ class Run:
                     self._history.append(event.as_row())
                     if event.is_best:
                         self._best = self._history[-1]
+                elif isinstance(event, SavingsUpdated):
+                    self._savings = event.savings
                 elif isinstance(event, RunEnded):
                     self._ended = event
                 for fn in list(self._subscribers):
@@ -265,6 +280,7 @@ def fasttrain(
     device: str = "auto",
     seed: int = 0,
     augment: str = "light",
+    baseline: str = "measure",
     background: bool = True,
 ) -> Run:
     """Fine-tunes a timm backbone on `data` in a background thread.
@@ -287,6 +303,7 @@ def fasttrain(
         device: "auto" | "cpu" | "cuda" | "cuda:N" | "mps".
         seed: seeds the split, the new head, the shuffle and augmentation.
         augment: "light" (random crops), "flip" (crops and horizontal flips) or "none".
+        baseline: "measure" times a few baseline steps first, for `run.savings`; "off".
         background: False blocks until the run has ended (scripts and tests).
 
     Returns:
@@ -307,13 +324,20 @@ def fasttrain(
         device=device,
         seed=seed,
         augment=augment,
+        baseline=baseline,
     )
     return start_run(config, background=background)
 
 
+def prepare_run(config: TrainConfig) -> Run:
+    """A Run for `config`, checked and prepared but not started: a panel can subscribe to
+    it and be drawn before training competes with the notebook for the CPU."""
+    return Run(prepare_job(config))
+
+
 def start_run(config: TrainConfig, background: bool = True) -> Run:
-    """Prepares and starts a Run for `config` (what fasttrain() and the magic call)."""
-    run = Run(prepare_job(config)).start()
+    """Prepares and starts a Run for `config` (what fasttrain() and the panel call)."""
+    run = prepare_run(config).start()
     if not background:
         try:
             run.wait()

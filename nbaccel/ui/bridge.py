@@ -13,11 +13,28 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, Optional
 
-from nbaccel.core import EpochEnded, Event, Progress, Run, RunEnded, RunStarted
-from nbaccel.ui._format import format_count, format_seconds
+from nbaccel.core import (
+    Comparison,
+    EpochEnded,
+    Event,
+    Progress,
+    Run,
+    RunEnded,
+    RunStarted,
+    Savings,
+    SavingsUpdated,
+)
+from nbaccel.ui._format import (
+    comparison_status_html,
+    comparison_summary_html,
+    format_seconds,
+    savings_html,
+    status_html,
+)
 from nbaccel.ui.charts import ChartData
 
 if TYPE_CHECKING:
+    from nbaccel.ui.comparison import ComparisonPanel
     from nbaccel.ui.panel import Panel
 
 
@@ -84,6 +101,7 @@ class Bridge:
         self.progress: Optional[Progress] = None
         self.best: Optional[EpochEnded] = None
         self.ended: Optional[RunEnded] = None
+        self.savings: Optional[Savings] = None
         self.stop_requested = False
         self._pending: list[Event] = []
         self._lock = threading.Lock()  # guards _pending
@@ -116,7 +134,7 @@ class Bridge:
                 self._apply(event)
             self._render()
             if events or draw:
-                self.panel.chart.draw(self.data)
+                self.panel.chart.draw(self.data.points)
 
     def _apply(self, event: Event) -> None:
         self.data.add(event)
@@ -128,6 +146,8 @@ class Bridge:
             self.best = (
                 event  # tracked here: reading run.best would take the run's lock
             )
+        elif isinstance(event, SavingsUpdated):
+            self.savings = event.savings
         elif isinstance(event, RunEnded):
             self.ended = event
 
@@ -136,14 +156,21 @@ class Bridge:
     def _render(self) -> None:
         panel = self.panel
         status = self.run.status if self.run else "idle"
-        live = status in ("running", "paused")
+        live = status in ("pending", "running", "paused")
         panel.start_button.disabled = live
         panel.pause_button.disabled = not live or self.stop_requested
         panel.pause_button.description = "Resume" if status == "paused" else "Pause"
         panel.pause_button.icon = "play" if status == "paused" else "pause"
         panel.stop_button.disabled = not live or self.stop_requested
         panel.controls.set_enabled(not live)
-        panel.status.value = self._status_html(status)
+        panel.status.value = (
+            status_html(
+                status, self.started, self.ended, self.best, self.stop_requested
+            )
+            if self.run
+            else "Choose data and a backbone, then Start."
+        )
+        panel.savings.value = savings_html(self.savings, self.progress)
         self._render_progress(status)
         failed = self.ended is not None and self.ended.status == "failed"
         panel.error.value = (
@@ -183,31 +210,58 @@ class Bridge:
             where += " · paused"
         label.value = where
 
-    def _status_html(self, status: str) -> str:
-        start, end, best = self.started, self.ended, self.best
-        if self.run is None:
-            return "Choose data and a backbone, then Start."
-        if start is None:
-            return "starting…"
-        setup = (
-            f"{html.escape(start.backbone)} ({html.escape(start.pretrained)}) on "
-            f"{start.device}, {start.precision} · {start.freeze_depth}/"
-            f"{len(start.layer_groups)} groups frozen, "
-            f"{format_count(start.trainable_params)} of {format_count(start.total_params)} "
-            f"parameters train · {start.train_images} train / {start.val_images} val images"
-        )
-        best_text = (
-            f" · best epoch {best.epoch}: val_acc {best.val_acc:.3f}, "
-            f"val_loss {best.val_loss:.4f}"
-            if best
-            else ""
-        )
-        if end is None:
-            word = "stopping at the next step" if self.stop_requested else status
-            return f"<b>{word}</b> · {setup}{best_text}"
-        color = {"finished": "#1b7f3b", "stopped": "#8a6d00", "failed": "#b00020"}
-        why = html.escape(end.reason.splitlines()[0] if end.reason else "")
-        return (
-            f"<b style='color:{color[end.status]}'>{end.status}</b> ({why}) after "
-            f"{format_seconds(end.elapsed_s)}{best_text} · {setup}"
-        )
+
+class ComparisonBridge:
+    """Follows both runs of a comparison: the accuracy-against-time overlay, the status
+    line, and the summary once both have ended."""
+
+    def __init__(
+        self, view: ComparisonPanel, comparison: Comparison, updates_per_second: float
+    ) -> None:
+        self.view = view
+        self.comparison = comparison
+        self.series: dict[str, tuple[list[float], list[float]]] = {
+            name: ([], []) for name in ("accelerated", "baseline", "target")
+        }
+        self._pending: list[tuple[str, Event]] = []
+        self._lock = threading.Lock()
+        self._draw_lock = threading.Lock()
+        self._throttle = Throttle(self.flush, 1.0 / updates_per_second)
+        self._replaying = True
+        self._unsubscribe = [
+            run.subscribe(lambda event, name=name: self._on_event(name, event))
+            for name, run in comparison.runs().items()
+        ]
+        self._replaying = False
+        self.flush(draw=True)
+
+    def close(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._throttle.cancel()
+
+    def _on_event(self, name: str, event: Event) -> None:
+        with self._lock:
+            self._pending.append((name, event))
+        if not self._replaying:
+            self._throttle(now=isinstance(event, RunEnded))
+
+    def flush(self, draw: bool = False) -> None:
+        with self._draw_lock:
+            with self._lock:
+                events, self._pending = self._pending, []
+            for name, event in events:
+                if isinstance(event, EpochEnded):
+                    xs, ys = self.series[name]
+                    xs.append(event.elapsed_s)
+                    ys.append(event.val_acc)
+            comparison, view = self.comparison, self.view
+            target = comparison.target
+            if target is not None:  # both ended: the line both runs are timed to
+                end = max([0.0] + [xs[-1] for xs, _ in self.series.values() if xs])
+                self.series["target"] = ([0.0, end], [target, target])
+            view.status.value = comparison_status_html(comparison)
+            view.summary.value = comparison_summary_html(comparison)
+            view.stop_button.disabled = comparison.status != "running"
+            if events or draw:
+                view.chart.draw(lambda trace: self.series[trace])

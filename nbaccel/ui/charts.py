@@ -8,14 +8,21 @@ display handle, for Colab, Kaggle and VS Code) or `NoChart` (`charts="off"`).
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Callable, Optional
 
 import plotly.graph_objects as go
 import plotly.io as pio
 from IPython.display import display
 from plotly.subplots import make_subplots
 
-from nbaccel.core import EpochEnded, Event, Progress, RunEnded, RunStarted
+from nbaccel.core import (
+    EpochEnded,
+    Event,
+    Progress,
+    RunEnded,
+    RunStarted,
+    SavingsUpdated,
+)
 
 MAX_POINTS = 2000  # per trace; older points are thinned beyond this
 
@@ -31,7 +38,7 @@ TRACES: dict[str, tuple[int, bool, dict]] = {
     "images/s": (2, False, dict(line=dict(color="#9467bd"))),
     "elapsed": (3, False, dict(line=dict(color="#1f77b4"))),
     "projected": (3, False, dict(line=dict(color="#1f77b4", dash="dash"))),
-    # The naive baseline's projected time; fed by set_baseline() once savings are measured.
+    # The baseline's projected time (every layer trained, fp32), from SavingsUpdated.
     "baseline": (3, False, dict(line=dict(color="#d62728", dash="dot"))),
 }
 
@@ -62,11 +69,14 @@ class ChartData:
             self._append("val acc", event.epoch, event.val_acc)
             self._append("elapsed", event.epoch, event.elapsed_s)
             self._project(event.epoch, event.elapsed_s)
+        elif isinstance(event, SavingsUpdated):
+            budget, seconds = event.savings.epochs_budget, event.savings.baseline_s
+            self.set_baseline([0.0, float(budget)], [0.0, seconds])
         elif isinstance(event, RunEnded):
             self.series["projected"] = ([], [])
 
     def set_baseline(self, epochs: list[float], seconds: list[float]) -> None:
-        """The hook for the baseline's projected time against epochs."""
+        """The baseline's projected elapsed time against epochs."""
         self.series["baseline"] = (list(epochs), list(seconds))
 
     def points(self, name: str) -> tuple[list[float], list[float]]:
@@ -159,13 +169,19 @@ def create_figure() -> go.Figure:
     return figure
 
 
+Points = Callable[[str], tuple[list[float], list[float]]]  # trace name -> (xs, ys)
+
+
 class NoChart:
     """`charts="off"`: nothing drawn."""
 
     backend = "off"
     widget = None
 
-    def draw(self, data: ChartData) -> None:
+    def __init__(self, figure: Optional[go.Figure] = None) -> None:
+        pass
+
+    def draw(self, points: Points) -> None:
         pass
 
     def show(self) -> None:
@@ -177,13 +193,13 @@ class WidgetChart(NoChart):
 
     backend = "widget"
 
-    def __init__(self) -> None:
-        self.widget = go.FigureWidget(create_figure())
+    def __init__(self, figure: Optional[go.Figure] = None) -> None:
+        self.widget = go.FigureWidget(figure or create_figure())
 
-    def draw(self, data: ChartData) -> None:
+    def draw(self, points: Points) -> None:
         with self.widget.batch_update():
             for trace in self.widget.data:
-                trace.x, trace.y = data.points(trace.name)
+                trace.x, trace.y = points(trace.name)
 
 
 class HtmlChart(NoChart):
@@ -191,17 +207,17 @@ class HtmlChart(NoChart):
 
     backend = "html"
 
-    def __init__(self) -> None:
-        self.figure = create_figure()
+    def __init__(self, figure: Optional[go.Figure] = None) -> None:
+        self.figure = figure or create_figure()
         self._handle = None
 
     def show(self) -> None:
         self._handle = display(self.bundle(), raw=True, display_id=True)
 
-    def draw(self, data: ChartData) -> None:
+    def draw(self, points: Points) -> None:
         with self.figure.batch_update():
             for trace in self.figure.data:
-                trace.x, trace.y = data.points(trace.name)
+                trace.x, trace.y = points(trace.name)
         if self._handle is not None:
             self._handle.update(self.bundle(), raw=True)
 
@@ -217,6 +233,36 @@ class HtmlChart(NoChart):
         }
 
 
-def create_chart(backend: str) -> NoChart:
-    """The chart for a resolved backend: "widget", "html" or "off"."""
-    return {"widget": WidgetChart, "html": HtmlChart, "off": NoChart}[backend]()
+def create_chart(backend: str, figure: Optional[go.Figure] = None) -> NoChart:
+    """The chart for a resolved backend ("widget", "html" or "off") showing `figure`
+    (by default the run figure of create_figure())."""
+    kinds = {"widget": WidgetChart, "html": HtmlChart, "off": NoChart}
+    return kinds[backend](figure)
+
+
+def create_comparison_figure() -> go.Figure:
+    """Both runs' validation accuracy against wall time, and the target accuracy."""
+    figure = go.Figure()
+    for name, color, dash in (
+        ("accelerated", "#1f77b4", None),
+        ("baseline", "#d62728", "dot"),
+        ("target", "#7f7f7f", "dash"),
+    ):
+        figure.add_scatter(
+            x=[],
+            y=[],
+            name=name,
+            mode="lines" if name == "target" else "lines+markers",
+            line=dict(color=color, dash=dash),
+        )
+    figure.update_layout(
+        height=330,
+        autosize=True,
+        template="plotly_white",
+        title="validation accuracy against wall time",
+        xaxis_title="seconds",
+        yaxis=dict(title="val acc", tickformat=".0%"),
+        margin=dict(l=50, r=20, t=50, b=40),
+        uirevision="nbaccel",
+    )
+    return figure

@@ -66,6 +66,7 @@ class Panel:
         )
         self.progress_text = widgets.Label()
         self.status = widgets.HTML()
+        self.savings = widgets.HTML()  # time saved against the baseline
         self.message = widgets.HTML()  # a refused choice, in the API's words
         self.error = widgets.HTML(layout=widgets.Layout(display="none"))  # traceback
         self.chart = create_chart(backend)
@@ -77,6 +78,7 @@ class Panel:
                 widgets.HBox([self.start_button, self.pause_button, self.stop_button]),
                 widgets.HBox([self.progress, self.progress_text]),
                 self.status,
+                self.savings,
                 self.message,
                 self.error,
             ]
@@ -96,7 +98,7 @@ class Panel:
         """Starts a run with the panel's choices (the Start button). A bad choice is refused
         in the message line with the API's own words, and no run starts."""
         self.message.value = ""
-        if self.run is not None and self.run.status in ("running", "paused"):
+        if self.run is not None and self.run.status in ("pending", "running", "paused"):
             self._refuse("a run is in progress: press Stop before starting another")
             return None
         try:

@@ -1,0 +1,224 @@
+"""compare(): train the baseline and the accelerated run for real, one after the other, and
+check the projected saving against the measured one.
+
+    cmp = nbaccel.compare(data, backbone="resnet18", freeze="all", epochs=4)
+    cmp.wait().speedup, cmp.projection_error, cmp.time_to_target
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any, Optional
+
+from nbaccel.core.config import TrainConfig
+from nbaccel.core.job import prepare_job
+from nbaccel.core.run import Run, TrainingFailed
+
+
+class Comparison:
+    """The baseline and the accelerated Run, trained in turn on a background thread.
+
+    The accelerated run goes first, so one-time start-up costs (kernel selection, file
+    caches) fall on it rather than on the baseline.
+    """
+
+    def __init__(
+        self, accelerated: Run, baseline: Run, target: Optional[float] = None
+    ) -> None:
+        self.accelerated = accelerated
+        self.baseline = baseline
+        self._target = target
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run_both, name="nbaccel-compare", daemon=True
+        )
+
+    def start(self) -> Comparison:
+        """Starts the runs in turn (once)."""
+        if self._thread.ident is None:
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> Comparison:
+        """Stops the run in progress (waiting up to `timeout` s for it to end); a run not
+        yet started never starts. Idempotent."""
+        self._stopped.set()
+        for run in (self.accelerated, self.baseline):
+            if run.status in ("running", "paused"):
+                run.stop(timeout)
+        return self
+
+    def wait(self, timeout: Optional[float] = None) -> Comparison:
+        """Blocks until both runs have ended.
+
+        Raises:
+            TrainingFailed: either run failed.
+            TimeoutError: `timeout` seconds passed first.
+        """
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(
+                f"the comparison is still running after {timeout} s; "
+                "call .stop() to end it"
+            )
+        for run in (self.accelerated, self.baseline):
+            if run.status != "pending":
+                run.wait()  # raises TrainingFailed for a failed run
+        return self
+
+    def runs(self) -> dict[str, Run]:
+        """{"accelerated": run, "baseline": run}, in the order they train."""
+        return {"accelerated": self.accelerated, "baseline": self.baseline}
+
+    @property
+    def status(self) -> str:
+        """ "running" until both runs have ended, then "finished"; "stopped" or "failed"
+        as soon as either run is."""
+        statuses = [self.accelerated.status, self.baseline.status]
+        if "failed" in statuses:
+            return "failed"
+        if "stopped" in statuses or (self._stopped.is_set() and "pending" in statuses):
+            return "stopped"
+        return "finished" if statuses == ["finished", "finished"] else "running"
+
+    @property
+    def projected_baseline_s(self) -> Optional[float]:
+        """The accelerated run's projection of the baseline's wall time."""
+        savings = self.accelerated.savings
+        return None if savings is None else savings.baseline_s
+
+    @property
+    def measured_baseline_s(self) -> Optional[float]:
+        """The baseline's wall time, measured (None until it has finished)."""
+        return _wall_time(self.baseline)
+
+    @property
+    def accelerated_s(self) -> Optional[float]:
+        return _wall_time(self.accelerated)
+
+    @property
+    def projection_error(self) -> Optional[float]:
+        """projected / measured baseline time: 1.0 is a perfect projection."""
+        projected, measured = self.projected_baseline_s, self.measured_baseline_s
+        return None if projected is None or not measured else projected / measured
+
+    @property
+    def speedup(self) -> Optional[float]:
+        """Baseline wall time / accelerated wall time, both measured."""
+        baseline, accelerated = self.measured_baseline_s, self.accelerated_s
+        return None if baseline is None or not accelerated else baseline / accelerated
+
+    @property
+    def target(self) -> Optional[float]:
+        """The accuracy both runs are timed to: as given, else the lower of their best."""
+        if self._target is not None:
+            return self._target
+        best = [run.best for run in (self.baseline, self.accelerated)]
+        if self.status != "finished":
+            return None
+        return min(row["val_acc"] for row in best)  # type: ignore[index]
+
+    @property
+    def time_to_target(self) -> dict[str, Optional[float]]:
+        """Seconds until each run first reached `target` val_acc (None if it never did)."""
+        target = self.target
+        return {
+            name: _first_reaching(run, target)
+            for name, run in (
+                ("baseline", self.baseline),
+                ("accelerated", self.accelerated),
+            )
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """Every figure of the comparison, for printing or logging."""
+        return dict(
+            status=self.status,
+            projected_baseline_s=self.projected_baseline_s,
+            measured_baseline_s=self.measured_baseline_s,
+            accelerated_s=self.accelerated_s,
+            projection_error=self.projection_error,
+            speedup=self.speedup,
+            target=self.target,
+            time_to_target=self.time_to_target,
+        )
+
+    def __repr__(self) -> str:
+        figures = ", ".join(
+            f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value!r}"
+            for name, value in self.summary().items()
+            if name != "time_to_target"
+        )
+        return f"<nbaccel.Comparison {figures}>"
+
+    def _run_both(self) -> None:
+        for run in (self.accelerated, self.baseline):
+            if self._stopped.is_set():
+                return
+            run.start()
+            try:
+                run.wait()
+            except TrainingFailed:
+                return  # the failure is on the run; wait() raises it for the user
+            if run.status == "stopped":
+                return
+
+
+def compare(
+    data: Any,
+    target: Optional[float] = None,
+    background: bool = True,
+    **fasttrain_kwargs: Any,
+) -> Comparison:
+    """Trains the baseline and the accelerated run for real, one after the other.
+
+    The baseline (DESIGN.md) has the same data, backbone, weights, seed and epoch budget,
+    every layer trained, fp32, no early stop; the accelerated run is `fasttrain(data,
+    **fasttrain_kwargs)` and projects the baseline's time from its calibration, which the
+    baseline's real run then checks.
+
+    Args:
+        data: as for fasttrain().
+        target: the val_acc to time both runs to; by default the lower of their best.
+        background: False blocks until both runs have ended.
+        **fasttrain_kwargs: fasttrain()'s keywords, for the accelerated run.
+
+    Raises:
+        ValueError: a bad choice, before anything trains.
+    """
+    comparison = prepare_comparison(data, target, **fasttrain_kwargs).start()
+    if not background:
+        try:
+            comparison.wait()
+        except KeyboardInterrupt:
+            comparison.stop()
+            raise
+    return comparison
+
+
+def prepare_comparison(
+    data: Any, target: Optional[float] = None, **fasttrain_kwargs: Any
+) -> Comparison:
+    """compare()'s Comparison, checked and prepared but not started (the magic shows its
+    panel first, then starts it)."""
+    fasttrain_kwargs.pop("baseline", None)  # the accelerated run always measures
+    accelerated = TrainConfig(data=data, **fasttrain_kwargs)
+    baseline = dataclasses.replace(
+        accelerated, freeze=0, precision="fp32", stop="none", baseline="off"
+    )
+    return Comparison(Run(prepare_job(accelerated)), Run(prepare_job(baseline)), target)
+
+
+def _wall_time(run: Run) -> Optional[float]:
+    ended = run.events[-1] if run.events else None
+    return getattr(ended, "elapsed_s", None) if run.status == "finished" else None
+
+
+def _first_reaching(run: Run, target: Optional[float]) -> Optional[float]:
+    if target is None:
+        return None
+    for row in run.history:
+        if row["val_acc"] >= target:
+            return row["elapsed_s"]
+    return None
