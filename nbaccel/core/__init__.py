@@ -17,10 +17,10 @@ from nbaccel.core.model import list_layer_groups as list_layer_groups
 from nbaccel.core.run import Run as Run
 from nbaccel.core.run import TrainingFailed as TrainingFailed
 from nbaccel.core.run import current_run as current_run
-from nbaccel.core.run import fasttrain as fasttrain
-from nbaccel.core.run import prepare_run as prepare_run
-from nbaccel.core.run import start_run as start_run
 from nbaccel.core.savings import Savings as Savings
+from nbaccel.core.start import fasttrain as fasttrain
+from nbaccel.core.start import prepare_run as prepare_run
+from nbaccel.core.start import start_run as start_run
 from nbaccel.core.stopping import parse_stop_rule as parse_stop_rule
 
 __all__ = [

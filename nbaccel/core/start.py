@@ -1,0 +1,93 @@
+"""fasttrain(): the one-call entry point, and the two steps it is made of (prepare, start)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from nbaccel.core.config import TrainConfig
+from nbaccel.core.job import prepare_job
+from nbaccel.core.run import Run
+
+
+def fasttrain(
+    data: Any,
+    val: Any = 0.2,
+    backbone: str = "resnet18",
+    pretrained: Any = True,
+    freeze: Any = "auto",
+    precision: str = "auto",
+    stop: str = "patience:3",
+    epochs: int = 20,
+    batch_size: Any = "auto",
+    lr: Any = "auto",
+    image_size: Optional[int] = None,
+    device: str = "auto",
+    seed: int = 0,
+    augment: str = "light",
+    baseline: str = "measure",
+    background: bool = True,
+) -> Run:
+    """Fine-tunes a timm backbone on `data` in a background thread.
+
+    Every choice is checked here, before any thread starts: bad input raises ValueError.
+
+    Args:
+        data: a folder (class subfolders, or train/ + val|valid/ subfolders), an (images,
+            labels) pair of arrays or tensors, or a torch Dataset yielding (image, label).
+        val: fraction held out for validation (stratified, seeded), or a second data object.
+        backbone: any timm model name.
+        pretrained: True (timm's published weights), False (random init) or a weights file.
+        freeze: k freezes layer groups 0..k-1; 0 trains all; "all" the head only; "auto".
+        precision: "auto" | "fp32" | "bf16" | "fp16".
+        stop: stopping rule, e.g. "patience:3", "target:val_acc>=0.95 | time:10m", "none".
+        epochs: the epoch budget.
+        batch_size: images per step, or "auto".
+        lr: head learning rate, or "auto" (3e-3; pretrained backbone groups get a tenth).
+        image_size: square input size in pixels; None uses the backbone's default.
+        device: "auto" | "cpu" | "cuda" | "cuda:N" | "mps".
+        seed: seeds the split, the new head, the shuffle and augmentation.
+        augment: "light" (random crops), "flip" (crops and horizontal flips) or "none".
+        baseline: "measure" times a few baseline steps first, for `run.savings`; "off".
+        background: False blocks until the run has ended (scripts and tests).
+
+    Returns:
+        The Run, already started.
+    """
+    config = TrainConfig(
+        data=data,
+        val=val,
+        backbone=backbone,
+        pretrained=pretrained,
+        freeze=freeze,
+        precision=precision,
+        stop=stop,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        image_size=image_size,
+        device=device,
+        seed=seed,
+        augment=augment,
+        baseline=baseline,
+    )
+    return start_run(config, background=background)
+
+
+def prepare_run(config: TrainConfig) -> Run:
+    """A Run for `config`, checked and prepared but not started: a panel can subscribe to
+    it and be drawn before training competes with the notebook for the CPU."""
+    return Run(prepare_job(config))
+
+
+def start_run(config: TrainConfig, background: bool = True) -> Run:
+    """Prepares and starts a Run for `config` (what fasttrain() and the panel call)."""
+    run = prepare_run(config).start()
+    if not background:
+        try:
+            run.wait()
+        except (
+            KeyboardInterrupt
+        ):  # Ctrl-C in a script (or a kernel interrupt) ends the run too
+            run.stop()
+            raise
+    return run
