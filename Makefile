@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo demo-script test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,12 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
+# Opens the quickstart notebook in JupyterLab (offline: the bundled digits, no downloads).
 demo: setup
+	$(BIN)/jupyter lab notebooks/quickstart.ipynb --ServerApp.allow_root=True
+
+# The same training from a plain script, printing the events.
+demo-script: setup
 	$(BIN)/python scripts/demo.py
 
 lint: setup

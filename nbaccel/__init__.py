@@ -14,6 +14,8 @@ from nbaccel.core import (
     Event,
     FreezeOption,
     LayerGroup,
+    LoadedModel,
+    Predictions,
     Progress,
     Run,
     RunEnded,
@@ -27,6 +29,7 @@ from nbaccel.core import (
     fasttrain,
     list_freeze_options,
     list_layer_groups,
+    load,
     parse_stop_rule,
 )
 
@@ -53,6 +56,8 @@ __all__ = [
     "Event",
     "FreezeOption",
     "LayerGroup",
+    "LoadedModel",
+    "Predictions",
     "Progress",
     "Run",
     "RunEnded",
@@ -67,5 +72,6 @@ __all__ = [
     "fasttrain",
     "list_freeze_options",
     "list_layer_groups",
+    "load",
     "parse_stop_rule",
 ]

@@ -49,7 +49,8 @@ def test_series_follow_the_events(finished_run):
     assert xs[0] == 0 and xs == sorted(xs) and xs[-1] == 3
     assert data.series["projected"] == ([], [])  # cleared once the run has ended
     # The baseline's projected time, from the last SavingsUpdated (#4).
-    assert data.series["baseline"] == ([0, 3], [0, finished_run.savings.baseline_s])
+    xs, ys = data.series["baseline"]
+    assert xs == [0, 3] and ys == pytest.approx([0, finished_run.savings.baseline_s])
 
 
 def test_thin_keeps_recent_points_and_the_limit():

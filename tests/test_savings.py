@@ -25,8 +25,10 @@ def test_calibration_on_cpu_gives_positive_consistent_step_times(digits_high):
         # Head only: no backward through the backbone, so much cheaper than the baseline.
         assert cal.own_step_s < cal.baseline_step_s / 2
         assert cal.own_step_s == cal.frozen_fp32_step_s  # fp32 on a CPU: one timing
-    assert 2 / 3 < first.baseline_step_s / second.baseline_step_s < 3 / 2
-    assert 2 / 3 < first.own_step_s / second.own_step_s < 3 / 2
+    # Consistent: two calibrations in a row agree within a factor of 2 (a busy machine
+    # makes single steps noisy; the medians of warmed-up steps stay close).
+    assert 1 / 2 < first.baseline_step_s / second.baseline_step_s < 2
+    assert 1 / 2 < first.own_step_s / second.own_step_s < 2
 
 
 def test_calibration_leaves_the_model_untouched(digits_high):

@@ -10,6 +10,9 @@ from nbaccel.core.events import Progress as Progress
 from nbaccel.core.events import RunEnded as RunEnded
 from nbaccel.core.events import RunStarted as RunStarted
 from nbaccel.core.events import SavingsUpdated as SavingsUpdated
+from nbaccel.core.export import LoadedModel as LoadedModel
+from nbaccel.core.export import Predictions as Predictions
+from nbaccel.core.export import load as load
 from nbaccel.core.model import FreezeOption as FreezeOption
 from nbaccel.core.model import LayerGroup as LayerGroup
 from nbaccel.core.model import list_freeze_options as list_freeze_options
@@ -29,6 +32,8 @@ __all__ = [
     "Event",
     "FreezeOption",
     "LayerGroup",
+    "LoadedModel",
+    "Predictions",
     "Progress",
     "Run",
     "RunEnded",
@@ -42,6 +47,7 @@ __all__ = [
     "fasttrain",
     "list_freeze_options",
     "list_layer_groups",
+    "load",
     "parse_stop_rule",
     "prepare_comparison",
     "prepare_run",

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import queue
 import threading
 import traceback
-from typing import Any, Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import nn
 
 from nbaccel.core.config import TrainConfig
 from nbaccel.core.events import EpochEnded, Event, RunEnded, SavingsUpdated
+from nbaccel.core.export import Predictions, export, predict, save
 from nbaccel.core.job import TrainingJob
 from nbaccel.core.loop import Control, run_training
 from nbaccel.core.savings import Savings
@@ -50,6 +53,7 @@ class Run:
         self.config: TrainConfig = job.config
         self.class_names: tuple[str, ...] = job.class_names
         self.data_config: dict = job.data_config
+        self.precision: str = job.precision
         self._job: Optional[TrainingJob] = job
         self._model: Optional[nn.Module] = job.model
         self._device = job.device
@@ -194,6 +198,46 @@ class Run:
                     self._subscribers.remove(fn)
 
         return unsubscribe
+
+    # --- using the result ----------------------------------------------------------------
+
+    def predict(self, images: Any) -> Predictions:
+        """Labels and class probabilities for images: paths (a file or a folder), PIL
+        images, an N x H x W x C uint8 array or an N x C x H x W tensor in [0, 1].
+
+        Raises:
+            RuntimeError: the run is still training, or failed (it has no model).
+        """
+        return predict(
+            self._ended_model("predict"),
+            images,
+            self.class_names,
+            self.data_config,
+            self.precision,
+        )
+
+    def save(self, path: Union[str, os.PathLike]) -> Path:
+        """Writes the best weights with the class names and data config; `nbaccel.load(path)`
+        reads it back, and `fasttrain(pretrained=path)` fine-tunes from it."""
+        model = self._ended_model("save")
+        return save(
+            model, path, self.config.backbone, self.class_names, self.data_config
+        )
+
+    def export(self, path: Union[str, os.PathLike]) -> Path:
+        """Exports the best model to ONNX ("x.onnx"), TorchScript ("x.pt") or torch.export
+        ("x.pt2"), then loads the export back and checks its outputs against the model's."""
+        return export(self._ended_model("export"), path, self.data_config)
+
+    def _ended_model(self, what: str) -> nn.Module:
+        if self._ended is None:
+            raise RuntimeError(
+                f"run.{what}() needs an ended run (the model is still training): call "
+                "run.wait() or run.stop() first"
+            )
+        if self._model is None:
+            raise RuntimeError(f"run.{what}(): the run failed, so it has no model")
+        return self._model
 
     def __repr__(self) -> str:
         last = self._history[-1] if self._history else None

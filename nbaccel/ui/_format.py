@@ -39,6 +39,8 @@ def savings_html(savings: Optional[Savings], progress: Optional[Progress]) -> st
     says how each number was obtained."""
     if savings is None:
         return ""
+    if savings.final and savings.epochs_run == 0:
+        return "time saved: not measured (the run ended before its first epoch)"
     pace = f"{savings.speedup:.2f}x the baseline's speed"
     if savings.final:
         headline = (
@@ -64,7 +66,10 @@ def savings_html(savings: Optional[Savings], progress: Optional[Progress]) -> st
         f"Baseline: {savings.baseline_how}.\nThis run: {savings.actual_how}.\n"
         f"By cause: {causes}."
     )
-    return f"<span title='{html.escape(tooltip, quote=True)}'>⏱ {headline} ⓘ</span>"
+    return (  # the dotted underline says: hover for how it was measured
+        f"<span title='{html.escape(tooltip, quote=True)}' "
+        f"style='border-bottom:1px dotted;cursor:help'>time saved: {headline}</span>"
+    )
 
 
 def status_html(

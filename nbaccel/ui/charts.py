@@ -70,8 +70,12 @@ class ChartData:
             self._append("elapsed", event.epoch, event.elapsed_s)
             self._project(event.epoch, event.elapsed_s)
         elif isinstance(event, SavingsUpdated):
-            budget, seconds = event.savings.epochs_budget, event.savings.baseline_s
-            self.set_baseline([0.0, float(budget)], [0.0, seconds])
+            savings = event.savings
+            if savings.baseline_epoch_s > 0:  # the baseline's pace, over the budget
+                budget = float(savings.epochs_budget)
+                self.set_baseline(
+                    [0.0, budget], [0.0, budget * savings.baseline_epoch_s]
+                )
         elif isinstance(event, RunEnded):
             self.series["projected"] = ([], [])
 

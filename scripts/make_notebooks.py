@@ -1,0 +1,157 @@
+"""Writes notebooks/*.ipynb (sources only, no outputs): edit the cells here, then run
+`python scripts/make_notebooks.py` from the repository root."""
+
+import nbformat
+from nbformat.v4 import new_code_cell as code
+from nbformat.v4 import new_markdown_cell as md
+from nbformat.v4 import new_notebook
+
+REPO = "nbaccel/nbaccel"
+meta = {
+    "kernelspec": {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    },
+    "language_info": {"name": "python"},
+}
+
+
+def write(name, cells):
+    nb = new_notebook(cells=cells, metadata=meta)
+    for i, c in enumerate(nb.cells):
+        c["id"] = f"{name[:8]}-{i}"
+    nbformat.write(nb, f"notebooks/{name}.ipynb")
+
+
+source_cell = code("""source = nbaccel.fasttrain(
+    nbaccel.datasets.digits(range(5)), backbone="resnet18", pretrained=False,
+    image_size=32, epochs=3, stop="none", background=False,
+)
+source.save("digits0-4.pth")  # a weights file: --pretrained digits0-4.pth loads it
+source.history[-1]""")
+
+write(
+    "quickstart",
+    [
+        md("""# nbaccel quickstart
+
+Fine-tune an image model from a notebook, with live charts, on data that ships with
+scikit-learn (8x8 scans of handwritten digits, upscaled to 32 px), so everything here runs
+offline on a CPU in about a minute.
+
+**About the weights.** Fine-tuning starts from pretrained weights. This notebook cannot
+download timm's hub weights (Binder and CI have no internet), so step 1 *pretrains a small
+source model on digits 0-4* and saves it; it stands in for hub weights. Step 2 fine-tunes it
+on digits 5-9. With internet access use `--pretrained yes` and a timm backbone such as
+`convnext_tiny` instead."""),
+        code("""%load_ext nbaccel
+import nbaccel
+
+target = nbaccel.datasets.digits(range(5, 10))  # a folder: train/ and val/, one subfolder per digit
+target"""),
+        md("## 1. A source model on digits 0-4 (standing in for hub weights)"),
+        source_cell,
+        md("""## 2. Fine-tune on digits 5-9
+
+The panel appears at once and the model trains in a background thread: the charts grow while
+you run the next cells. `--freeze` is left on `auto`, which picks how many layer groups to
+freeze from the amount of data (the status line says what it chose and why). The Stop button
+(or `run.stop()`) ends the run; kernel Interrupt does not reach the training thread."""),
+        code(
+            "run = %fasttrain target --backbone resnet18 --pretrained digits0-4.pth --image-size 32 --epochs 8"
+        ),
+        md("The notebook stays usable while it trains:"),
+        code('print(run.status, "-", len(run.history), "epochs done so far")'),
+        md("""## 3. Predictions
+
+`run.wait()` blocks until the run has ended (while a cell blocks, the panel's buttons wait
+too). `run.model` then holds the best epoch's weights; `run.predict` takes image paths, a
+folder, arrays or tensors; `run.save("model.pth")` and `run.export("model.onnx")` keep it."""),
+        code("""run.wait()
+images = sorted((target / "val").rglob("*.png"))[::36]
+labels, probabilities = run.predict(images)
+for path, label, p in zip(images, labels, probabilities.max(axis=1)):
+    print(f"true {path.parent.name}  predicted {label}  ({p:.0%})")
+print(f"best epoch {run.best['epoch']}: val_acc {run.best['val_acc']:.3f}")"""),
+    ],
+)
+
+write(
+    "time_saved",
+    [
+        md("""# Where the time goes: a measured comparison
+
+Every run times a few steps of the **baseline** before it trains: what you would write by
+hand, with the same data, backbone, weights and epoch budget, but every layer trained, fp32,
+no early stopping. From those it projects how long the baseline would take. `--compare`
+checks that projection by training the baseline for real after the accelerated run.
+
+As in the quickstart, a source model pretrained on digits 0-4 stands in for hub weights."""),
+        code("""%load_ext nbaccel
+import nbaccel
+
+target = nbaccel.datasets.digits(range(5, 10))"""),
+        source_cell,
+        md("""The accelerated run trains the head only (`--freeze all`); then the baseline trains
+everything. Both are shown live, accuracy against wall time."""),
+        code(
+            "cmp = %fasttrain target --backbone resnet18 --pretrained digits0-4.pth --freeze all --image-size 32 --epochs 4 --compare"
+        ),
+        md("""## Reading the savings
+
+`cmp.accelerated.savings.by_cause` splits the saving; the rows add up to `saved_s`:
+
+- **frozen layers**: the baseline's step (every layer trained, fp32) against a step with the
+  run's frozen groups, both timed on the run's batches, times the epochs.
+- **precision**: fp32 against the run's precision (zero on a CPU, which trains in fp32).
+- **early stop**: epochs of the budget the run did not need, at the baseline's epoch time
+  (a run stopped by hand counts nothing here).
+- **calibration**: what timing the steps cost; it is part of the run's time, so it is a cost.
+- **other**: set-up, and the measured epochs against their mean.
+
+`projection error` is the projected baseline time over the measured one: 1.0 is exact."""),
+        code("""cmp.wait()
+for cause, seconds, how in cmp.accelerated.savings.by_cause:
+    print(f"{cause:14} {seconds:+6.1f} s   {how}")
+cmp.summary()"""),
+    ],
+)
+
+write(
+    "colab_kaggle",
+    [
+        md(f"""# nbaccel on Colab or Kaggle
+
+[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/{REPO}/blob/main/notebooks/colab_kaggle.ipynb)
+[![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)](https://kaggle.com/kernels/welcome?src=https://github.com/{REPO}/blob/main/notebooks/colab_kaggle.ipynb)
+
+Switch the runtime to a GPU first (Colab: Runtime > Change runtime type; Kaggle: Settings >
+Accelerator). nbaccel keeps the preinstalled torch; it only adds what is missing."""),
+        code(f'''# NBVAL_SKIP
+# (skipped in the project's tests: it needs internet)
+%pip install -q "nbaccel @ git+https://github.com/{REPO}"'''),
+        code("""%load_ext nbaccel
+import nbaccel
+from pathlib import Path
+
+# Your images: one subfolder per class (or train/ and val/ with class subfolders inside).
+# Colab: upload or mount Drive; Kaggle: "Add data", then e.g. /kaggle/input/<dataset>.
+DATA = Path("/content/photos")
+if not DATA.exists():  # no folder here: the bundled digits stand in
+    DATA = nbaccel.datasets.digits()
+DATA"""),
+        md("""Fine-tune a backbone with timm's published (hub) weights. Colab and Kaggle render custom
+widgets unreliably, so the charts use the `html` backend there (chosen automatically; set here
+explicitly)."""),
+        code("""# NBVAL_SKIP
+# (skipped in the project's tests: it downloads hub weights)
+run = %fasttrain DATA --backbone convnext_tiny --pretrained yes --freeze auto --precision auto --stop patience:3 --charts html"""),
+        md("""Without internet (and in this project's tests) the same call with random weights and a
+small input size:"""),
+        code("""if "run" not in globals():
+    run = %fasttrain DATA --backbone resnet18 --pretrained no --image-size 32 --epochs 2 --charts html"""),
+        code("""run.wait()
+run.history[-1]"""),
+    ],
+)

@@ -1,0 +1,190 @@
+"""The quickstart in a real JupyterLab and a real browser (#6): Debian's chromium, driven by
+Playwright through its executable path (nothing downloads a browser). The panel appears, its
+Plotly chart gets points while later cells run, Stop ends the run, and a screenshot is kept
+in build/screenshots/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = ROOT / "build" / "screenshots"
+TOKEN = "nbaccel-test"
+
+
+def find_chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path:
+        return path
+    message = "Debian's chromium is not installed (apt-get install chromium)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; .ci/run installs it, so CI must have it")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def lab(tmp_path, cache):
+    """JupyterLab on a free local port, serving a copy of the notebooks."""
+    root = tmp_path / "lab"
+    shutil.copytree(ROOT / "notebooks", root)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Render every cell (JupyterLab 4 otherwise draws only those in view), no news popup.
+    settings = tmp_path / "settings" / "@jupyterlab"
+    (settings / "notebook-extension").mkdir(parents=True)
+    (settings / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
+        '{"windowingMode": "none"}'
+    )
+    (settings / "apputils-extension").mkdir()
+    (settings / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false", "checkForUpdates": false}'
+    )
+    env = dict(
+        os.environ,
+        NBACCEL_CACHE=str(cache),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
+    )
+    log = open(tmp_path / "lab.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            f"--port={port}",
+            "--ServerApp.ip=127.0.0.1",
+            f"--IdentityProvider.token={TOKEN}",
+            f"--ServerApp.root_dir={root}",
+            "--ServerApp.allow_root=True",
+            f"--LabApp.user_settings_dir={tmp_path / 'settings'}",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "lab.log").read_text()
+                assert time.monotonic() < deadline, "JupyterLab did not start"
+                time.sleep(0.3)
+        yield base
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def run_cell(page, cell) -> None:
+    """Clicks into a code cell, runs it (Ctrl+Enter) and waits for its execution count.
+    A freshly opened notebook can drop the first key press while its editor settles, so
+    an unchanged "[ ]" prompt after a few seconds gets one more press."""
+    prompt = cell.locator(".jp-InputPrompt")
+    for attempt in range(2):
+        cell.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Control+Enter")
+        try:
+            page.wait_for_function(
+                "p => /\\[(\\d+|\\*)\\]/.test(p.textContent)",
+                arg=prompt.element_handle(),
+                timeout=5_000,
+            )
+            break
+        except Exception:
+            if attempt:
+                raise
+    # Then until it has finished ("[*]" is running), and did not fail.
+    page.wait_for_function(
+        "p => /\\[\\d+\\]/.test(p.textContent)",
+        arg=prompt.element_handle(),
+        timeout=120_000,
+    )
+    errors = cell.locator(".jp-OutputArea-output[data-mime-type*='stderr']")
+    assert "Error" not in " ".join(errors.all_inner_texts()), errors.all_inner_texts()
+
+
+def test_quickstart_panel_charts_and_stop_in_chromium(lab):
+    from playwright.sync_api import sync_playwright
+
+    chromium = find_chromium()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.goto(f"{lab}/lab/tree/quickstart.ipynb?token={TOKEN}")
+            page.wait_for_selector(
+                ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000
+            )
+            # Run the cells one at a time down to "the notebook stays usable" (the cell
+            # after %fasttrain), as a reader would; the last cell (run.wait()) is left.
+            notebook = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", 4)
+            magic = next(
+                i
+                for i, cell in enumerate(notebook.cells)
+                if "%fasttrain" in cell.source
+            )
+            cells = page.locator(".jp-Notebook .jp-Cell")
+            for index, cell in enumerate(notebook.cells[: magic + 3]):
+                if cell.cell_type == "code":
+                    run_cell(page, cells.nth(index))
+
+            # The panel is shown and its chart gets points while the run trains.
+            page.wait_for_selector(".js-plotly-plot", timeout=180_000)
+            page.wait_for_function(
+                """() => {
+                    const plot = document.querySelector('.js-plotly-plot');
+                    const loss = plot && plot.data && plot.data.find(
+                        t => t.name === 'train loss');
+                    return loss && (loss.x || []).length >= 2;
+                }""",
+                timeout=120_000,
+            )
+            usable = page.locator(
+                ".jp-OutputArea-output pre", has_text="epochs done so far"
+            )
+            usable.wait_for(timeout=60_000)
+            assert usable.inner_text().startswith("running")  # ran while it trained
+
+            page.get_by_role("button", name="Stop").click()
+            status = page.get_by_text("stopped (user)")
+            status.wait_for(timeout=60_000)
+            points = page.evaluate(
+                """() => Object.fromEntries(document.querySelector('.js-plotly-plot')
+                       .data.map(t => [t.name, (t.x || []).length]))"""
+            )
+            assert points["train loss"] >= 2 and points["images/s"] >= 2, points
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            shot = SCREENSHOTS / "quickstart.png"
+            cells.nth(magic).screenshot(path=str(shot))  # the cell with its panel
+            assert shot.stat().st_size > 10_000
+        except BaseException:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(
+                path=str(SCREENSHOTS / "quickstart-failed.png"), full_page=True
+            )
+            raise
+        finally:
+            browser.close()
