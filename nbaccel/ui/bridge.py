@@ -88,7 +88,54 @@ class Throttle:
         self._fn()
 
 
-class Bridge:
+class _Follower:
+    """Buffers the events of one or more runs (arriving on their publisher threads) and
+    applies them in one flush, throttled. Subclasses say what an event changes (`_apply`)
+    and how that shows (`_render`)."""
+
+    def __init__(self, runs: dict[str, Run], updates_per_second: float) -> None:
+        self._pending: list[tuple[str, Event]] = []
+        self._lock = threading.Lock()  # guards _pending
+        self._draw_lock = threading.Lock()  # one flush at a time
+        self._throttle = Throttle(self.flush, 1.0 / updates_per_second)
+        self._replaying = True
+        self._unsubscribe = [
+            run.subscribe(lambda event, name=name: self._on_event(name, event))
+            for name, run in runs.items()
+        ]
+        self._replaying = False
+        self.flush(draw=True)
+
+    def close(self) -> None:
+        """Stops following (the view moved on, or was closed); the runs go on."""
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._throttle.cancel()
+
+    def _on_event(self, name: str, event: Event) -> None:
+        with self._lock:
+            self._pending.append((name, event))
+        if not self._replaying:  # a replay is flushed once, by __init__
+            self._throttle(now=isinstance(event, RunEnded))
+
+    def flush(self, draw: bool = False) -> None:
+        """Applies the buffered events and redraws, in one batch (the chart only when there
+        were events, or when `draw` says so)."""
+        with self._draw_lock:
+            with self._lock:
+                events, self._pending = self._pending, []
+            for name, event in events:
+                self._apply(name, event)
+            self._render(redraw=bool(events) or draw)
+
+    def _apply(self, name: str, event: Event) -> None:
+        raise NotImplementedError
+
+    def _render(self, redraw: bool) -> None:
+        raise NotImplementedError
+
+
+class Bridge(_Follower):
     """Subscribes a panel to a run (or to nothing: an idle panel) and keeps it up to date."""
 
     def __init__(
@@ -103,40 +150,9 @@ class Bridge:
         self.ended: Optional[RunEnded] = None
         self.savings: Optional[Savings] = None
         self.stop_requested = False
-        self._pending: list[Event] = []
-        self._lock = threading.Lock()  # guards _pending
-        self._draw_lock = threading.Lock()  # one flush at a time
-        self._throttle = Throttle(self.flush, 1.0 / updates_per_second)
-        self._replaying = True
-        self._unsubscribe = run.subscribe(self._on_event) if run else None
-        self._replaying = False
-        self.flush(draw=True)
+        super().__init__({"run": run} if run else {}, updates_per_second)
 
-    def close(self) -> None:
-        """Stops following the run (the panel moved on to another run)."""
-        if self._unsubscribe:
-            self._unsubscribe()
-        self._throttle.cancel()
-
-    def _on_event(self, event: Event) -> None:
-        with self._lock:
-            self._pending.append(event)
-        if not self._replaying:  # a replay is flushed once, by __init__
-            self._throttle(now=isinstance(event, RunEnded))
-
-    def flush(self, draw: bool = False) -> None:
-        """Applies the buffered events and redraws, in one batch (the chart only when there
-        were events, or when `draw` says so)."""
-        with self._draw_lock:
-            with self._lock:
-                events, self._pending = self._pending, []
-            for event in events:
-                self._apply(event)
-            self._render()
-            if events or draw:
-                self.panel.chart.draw(self.data.points)
-
-    def _apply(self, event: Event) -> None:
+    def _apply(self, name: str, event: Event) -> None:
         self.data.add(event)
         if isinstance(event, RunStarted):
             self.started = event
@@ -153,7 +169,7 @@ class Bridge:
 
     # --- state onto widgets ------------------------------------------------------------
 
-    def _render(self) -> None:
+    def _render(self, redraw: bool) -> None:
         panel = self.panel
         status = self.run.status if self.run else "idle"
         live = status in ("pending", "running", "paused")
@@ -180,6 +196,8 @@ class Bridge:
             else ""
         )
         panel.error.layout.display = None if failed else "none"
+        if redraw:
+            panel.chart.draw(self.data.points)
 
     def _render_progress(self, status: str) -> None:
         bar, label = self.panel.progress, self.panel.progress_text
@@ -211,7 +229,7 @@ class Bridge:
         label.value = where
 
 
-class ComparisonBridge:
+class ComparisonBridge(_Follower):
     """Follows both runs of a comparison: the accuracy-against-time overlay, the status
     line, and the summary once both have ended."""
 
@@ -223,45 +241,22 @@ class ComparisonBridge:
         self.series: dict[str, tuple[list[float], list[float]]] = {
             name: ([], []) for name in ("accelerated", "baseline", "target")
         }
-        self._pending: list[tuple[str, Event]] = []
-        self._lock = threading.Lock()
-        self._draw_lock = threading.Lock()
-        self._throttle = Throttle(self.flush, 1.0 / updates_per_second)
-        self._replaying = True
-        self._unsubscribe = [
-            run.subscribe(lambda event, name=name: self._on_event(name, event))
-            for name, run in comparison.runs().items()
-        ]
-        self._replaying = False
-        self.flush(draw=True)
+        super().__init__(comparison.runs(), updates_per_second)
 
-    def close(self) -> None:
-        for unsubscribe in self._unsubscribe:
-            unsubscribe()
-        self._throttle.cancel()
+    def _apply(self, name: str, event: Event) -> None:
+        if isinstance(event, EpochEnded):
+            xs, ys = self.series[name]
+            xs.append(event.elapsed_s)
+            ys.append(event.val_acc)
 
-    def _on_event(self, name: str, event: Event) -> None:
-        with self._lock:
-            self._pending.append((name, event))
-        if not self._replaying:
-            self._throttle(now=isinstance(event, RunEnded))
-
-    def flush(self, draw: bool = False) -> None:
-        with self._draw_lock:
-            with self._lock:
-                events, self._pending = self._pending, []
-            for name, event in events:
-                if isinstance(event, EpochEnded):
-                    xs, ys = self.series[name]
-                    xs.append(event.elapsed_s)
-                    ys.append(event.val_acc)
-            comparison, view = self.comparison, self.view
-            target = comparison.target
-            if target is not None:  # both ended: the line both runs are timed to
-                end = max([0.0] + [xs[-1] for xs, _ in self.series.values() if xs])
-                self.series["target"] = ([0.0, end], [target, target])
-            view.status.value = comparison_status_html(comparison)
-            view.summary.value = comparison_summary_html(comparison)
-            view.stop_button.disabled = comparison.status != "running"
-            if events or draw:
-                view.chart.draw(lambda trace: self.series[trace])
+    def _render(self, redraw: bool) -> None:
+        comparison, view = self.comparison, self.view
+        target = comparison.target
+        if target is not None:  # both ended: the line both runs are timed to
+            end = max([0.0] + [xs[-1] for xs, _ in self.series.values() if xs])
+            self.series["target"] = ([0.0, end], [target, target])
+        view.status.value = comparison_status_html(comparison)
+        view.summary.value = comparison_summary_html(comparison)
+        view.stop_button.disabled = comparison.status != "running"
+        if redraw:
+            view.chart.draw(lambda trace: self.series[trace])
