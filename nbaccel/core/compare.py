@@ -114,10 +114,9 @@ class Comparison:
         """The accuracy both runs are timed to: as given, else the lower of their best."""
         if self._target is not None:
             return self._target
-        best = [run.best for run in (self.baseline, self.accelerated)]
         if self.status != "finished":
             return None
-        return min(row["val_acc"] for row in best)  # type: ignore[index]
+        return min(run.best["val_acc"] for run in self.runs().values())  # type: ignore[index]
 
     @property
     def time_to_target(self) -> dict[str, Optional[float]]:

@@ -41,9 +41,6 @@ class ImageSource:
         item = self.items[index]
         if self.dataset is not None:
             item = self.dataset[item][0]
-        if isinstance(item, (str, os.PathLike)):
-            with Image.open(item) as image:
-                return image.convert("RGB")
         return to_pil(item)
 
     def subset(self, indices: Sequence[int]) -> ImageSource:
@@ -56,10 +53,16 @@ class ImageSource:
 
 
 def to_pil(image: Any) -> Image.Image:
-    """An RGB PIL image from a PIL image, an array or a tensor.
+    """An RGB PIL image from an image file's path, a PIL image, an array or a tensor.
 
     Arrays may be H x W, H x W x C or C x H x W (C in 1, 3, 4); uint8 in 0-255, or float in 0-1.
     """
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image).expanduser()
+        if not path.is_file():
+            raise ValueError(f"no image file at {str(path)!r}")
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, torch.Tensor):

@@ -21,7 +21,7 @@ from timm.data import create_transform
 from torch import nn
 
 from nbaccel.core.data import IMAGE_EXTENSIONS, to_pil
-from nbaccel.core.precision import autocast
+from nbaccel.core.steps import eval_step
 
 PREDICT_BATCH = 64
 EXPORTS = (".onnx", ".pt", ".pt2")
@@ -60,14 +60,12 @@ def predict(
     device = next(model.parameters()).device
     model.eval()
     chunks = []
-    with torch.no_grad():
-        for start in range(0, len(pictures), PREDICT_BATCH):
-            batch = torch.stack(
-                [transform(p) for p in pictures[start : start + PREDICT_BATCH]]
-            )
-            with autocast(device, precision):
-                logits = model(batch.to(device))
-            chunks.append(logits.float().softmax(dim=1).cpu())
+    for start in range(0, len(pictures), PREDICT_BATCH):
+        batch = torch.stack(
+            [transform(p) for p in pictures[start : start + PREDICT_BATCH]]
+        )
+        logits = eval_step(model, batch, device, precision)
+        chunks.append(logits.float().softmax(dim=1).cpu())
     probabilities = torch.cat(chunks).numpy()
     labels = [class_names[i] for i in probabilities.argmax(axis=1)]
     return Predictions(labels, probabilities)
@@ -208,7 +206,7 @@ def _as_pictures(images: Any) -> list[Image.Image]:
     if isinstance(images, (str, os.PathLike)):
         path = Path(images).expanduser()
         return (
-            [_open(p) for p in _image_files(path)] if path.is_dir() else [_open(path)]
+            [to_pil(p) for p in _image_files(path)] if path.is_dir() else [to_pil(path)]
         )
     if isinstance(images, (np.ndarray, torch.Tensor)):
         one = images.ndim == 2 or (
@@ -217,18 +215,8 @@ def _as_pictures(images: Any) -> list[Image.Image]:
         )
         return [to_pil(images)] if one else [to_pil(image) for image in images]
     if isinstance(images, (list, tuple)):
-        return [
-            _open(i) if isinstance(i, (str, os.PathLike)) else to_pil(i) for i in images
-        ]
+        return [to_pil(image) for image in images]
     return [to_pil(images)]
-
-
-def _open(path: Union[str, os.PathLike]) -> Image.Image:
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ValueError(f"no image file at {str(path)!r}")
-    with Image.open(path) as image:
-        return image.convert("RGB")
 
 
 def _image_files(folder: Path) -> list[Path]:

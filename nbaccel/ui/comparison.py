@@ -12,12 +12,7 @@ from IPython.display import display
 from nbaccel.core import Comparison
 from nbaccel.ui.bridge import ComparisonBridge
 from nbaccel.ui.charts import create_chart, create_comparison_figure
-from nbaccel.ui.environment import (
-    detect_front_end,
-    enable_colab_widgets,
-    resolve_chart_backend,
-    updates_per_second,
-)
+from nbaccel.ui.environment import prepare_charts
 
 
 class ComparisonPanel:
@@ -25,10 +20,7 @@ class ComparisonPanel:
     summary table (projection error, speedup, time to target) once both runs have ended."""
 
     def __init__(self, comparison: Comparison, charts: str = "auto") -> None:
-        front_end = detect_front_end()
-        backend = resolve_chart_backend(charts, front_end)
-        if backend == "widget":
-            enable_colab_widgets(front_end)
+        backend, rate = prepare_charts(charts)
         self.comparison = comparison
         self.stop_button = widgets.Button(
             description="Stop", icon="stop", button_style="danger"
@@ -42,7 +34,7 @@ class ComparisonPanel:
             + [self.summary]
         )
         self.stop_button.on_click(lambda _: self.comparison.stop(timeout=0))
-        self._bridge = ComparisonBridge(self, comparison, updates_per_second(front_end))
+        self._bridge = ComparisonBridge(self, comparison, rate)
 
     def close(self) -> None:
         self._bridge.close()

@@ -66,3 +66,17 @@ def enable_colab_widgets(front_end: str = "") -> None:
         from google.colab import output  # type: ignore[import-not-found]
 
         output.enable_custom_widget_manager()
+
+
+def prepare_charts(charts: str) -> tuple[str, float]:
+    """What a view needs to draw here: the chart backend for `charts` (with Colab's widget
+    manager switched on when that is "widget") and the updates per second.
+
+    Raises:
+        ValueError: `charts` is not one of CHART_BACKENDS.
+    """
+    front_end = detect_front_end()
+    backend = resolve_chart_backend(charts, front_end)
+    if backend == "widget":
+        enable_colab_widgets(front_end)
+    return backend, updates_per_second(front_end)

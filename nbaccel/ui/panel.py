@@ -16,12 +16,7 @@ from nbaccel.core import Run, TrainConfig, start_run
 from nbaccel.ui.bridge import Bridge
 from nbaccel.ui.charts import create_chart
 from nbaccel.ui.controls import Controls
-from nbaccel.ui.environment import (
-    detect_front_end,
-    enable_colab_widgets,
-    resolve_chart_backend,
-    updates_per_second,
-)
+from nbaccel.ui.environment import prepare_charts
 
 
 class Panel:
@@ -42,10 +37,7 @@ class Panel:
         charts: str = "auto",
         defaults: Optional[dict] = None,
     ) -> None:
-        front_end = detect_front_end()
-        backend = resolve_chart_backend(charts, front_end)
-        if backend == "widget":
-            enable_colab_widgets(front_end)
+        backend, self._rate = prepare_charts(charts)
         if run is not None:
             config = run.config
             defaults = {
@@ -89,7 +81,6 @@ class Panel:
         self.pause_button.on_click(lambda _: self.toggle_pause())
         self.stop_button.on_click(lambda _: self.stop())
         self.run: Optional[Run] = None
-        self._rate = updates_per_second(front_end)
         self._bridge = Bridge(self, None, self._rate)
         if run is not None:
             self._follow(run)
