@@ -80,7 +80,21 @@ class FastTrainMagics(Magics):
     )
     @argument("--device", help="auto (default) | cpu | cuda | cuda:N | mps")
     @argument("--seed", help="seeds the split, the head, the shuffle (default 0)")
-    @argument("--augment", help="light (default) | flip | none")
+    @argument(
+        "--augment",
+        help="auto (default: light, or none when only the head trains) | light | flip | none",
+    )
+    @argument(
+        "--cache",
+        help="auto (default) | yes | no: keep decoded images and frozen features in memory",
+    )
+    @argument("--compile", help="auto (default: CUDA, long runs) | yes | no")
+    @argument(
+        "--channels-last",
+        dest="channels_last",
+        help="auto (default: convnets) | yes | no",
+    )
+    @argument("--workers", help="DataLoader worker processes, or auto (default)")
     @argument(
         "--charts",
         default="auto",
@@ -126,6 +140,10 @@ class FastTrainMagics(Magics):
         view = ComparisonPanel if isinstance(run, Comparison) else Panel
         display(view(run, charts=args.charts))
         self._shown = (id(run), self.shell.execution_count)
+        if isinstance(run, Run) and args.wait:
+            # The cell blocks anyway: train on this thread (faster on a CPU, see
+            # Run.start); Interrupt stops the run at the next step.
+            return run.start(background=False).wait()
         run.start()
         if args.wait:
             try:
@@ -174,11 +192,25 @@ class FastTrainMagics(Magics):
             value = getattr(args, name)
             if value is not None:
                 keywords[name] = _number(value)
+        for name in ("cache", "compile", "channels_last", "workers"):
+            value = getattr(args, name)
+            if value is not None:
+                keywords[name] = _SWITCH.get(value.lower(), _number(value))
         if args.pretrained is not None:
             keywords["pretrained"] = parse_pretrained(args.pretrained)
         if isinstance(keywords.get("val"), str):
             keywords["val"] = self._data(keywords["val"])
         return keywords
+
+
+_SWITCH = {
+    "yes": True,
+    "true": True,
+    "on": True,
+    "no": False,
+    "false": False,
+    "off": False,
+}
 
 
 def _number(text: str) -> Any:

@@ -77,6 +77,18 @@ def test_loading_twice_is_harmless_and_unloading_stops_a_live_run(
     assert ip.find_line_magic("fasttrain") is not None
 
 
+def test_speed_flags_reach_the_run(ip, shown, digits_high):
+    run = ip.run_line_magic(
+        "fasttrain",
+        f"{digits_high} {SMALL_FLAGS} --freeze all --cache no --compile no "
+        "--channels-last no --workers 0 --epochs 1 --wait --charts off",
+    )
+    config = run.config
+    assert (config.cache, config.compile, config.channels_last) == (False,) * 3
+    assert config.workers == 0 and run.status == "finished"
+    assert "feature cache: off (cache=False)" in run.events[0].speedups
+
+
 def test_data_from_a_variable_in_the_namespace(ip, shown):
     ip.user_ns["digits"] = nbaccel.datasets.digits(range(5, 10), as_arrays=True)
     run = ip.run_line_magic(
@@ -96,6 +108,12 @@ def test_data_from_a_variable_in_the_namespace(ip, shown):
         ("--freeze 9", dict(freeze=9)),
         ("--backbone resnet_18", dict(backbone="resnet_18")),
         ("--lr -1", dict(lr=-1)),
+        ("--cache maybe", dict(cache="maybe")),
+        ("--workers -2", dict(workers=-2)),
+        (
+            "--freeze all --cache yes --augment flip",
+            dict(freeze="all", cache=True, augment="flip"),
+        ),
     ],
 )
 def test_bad_flags_give_the_api_error_text(ip, shown, digits_high, flags, keywords):

@@ -202,11 +202,23 @@ def prepare_comparison(
     """compare()'s Comparison, checked and prepared but not started (the magic shows its
     panel first, then starts it)."""
     fasttrain_kwargs.pop("baseline", None)  # the accelerated run always measures
-    accelerated = TrainConfig(data=data, **fasttrain_kwargs)
+    accelerated = prepare_job(TrainConfig(data=data, **fasttrain_kwargs))
     baseline = dataclasses.replace(
-        accelerated, freeze=0, precision="fp32", stop="none", baseline="off"
+        accelerated.config,
+        freeze=0,
+        precision="fp32",
+        stop="none",
+        baseline="off",
+        # What a hand-written loop does: the same pixels (the augmentation "auto" chose for
+        # the accelerated run), nothing cached or compiled, the default layout, the
+        # default AdamW.
+        augment=accelerated.augment,
+        cache=False,
+        compile=False,
+        channels_last=False,
+        fused=False,
     )
-    return Comparison(Run(prepare_job(accelerated)), Run(prepare_job(baseline)), target)
+    return Comparison(Run(accelerated), Run(prepare_job(baseline)), target)
 
 
 def _wall_time(run: Run) -> Optional[float]:

@@ -9,7 +9,8 @@ from typing import Any, Union
 from nbaccel.core.stopping import StopRule, parse_stop_rule
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-AUGMENTS = ("light", "flip", "none")
+AUGMENTS = ("auto", "light", "flip", "none")
+SWITCHES = ("auto", True, False)
 BASELINES = ("measure", "off")
 Pretrained = Union[bool, str, "os.PathLike[str]"]
 
@@ -51,12 +52,27 @@ class TrainConfig:
     # Seeds the split, the model's new layers, the shuffle and the augmentation.
     seed: int = 0
     # Train-time augmentation: "light" (random crop of 80-100% of the image), "flip"
-    # (light plus horizontal flips), "none". Light is the default because flips change the
-    # meaning of text, digits and some medical images.
-    augment: str = "light"
+    # (light plus horizontal flips), "none"; "auto" is light, or none when only the head
+    # trains (a linear probe: its features can then be computed once and cached). Flips
+    # are never automatic: they change the meaning of text, digits and some medical images.
+    augment: str = "auto"
     # "measure": time a few baseline steps (every layer trained, fp32) on the real batches
     # before training, to report the time saved (run.savings); "off": skip that.
     baseline: str = "measure"
+    # Keep decoded images, and a frozen backbone's features, in memory: "auto" caches what
+    # fits its budget and says why not otherwise; True insists (an error when it cannot);
+    # False never caches.
+    cache: Union[bool, str] = "auto"
+    # torch.compile the model (in the training thread; its compile time is counted):
+    # "auto" compiles on CUDA when the epoch budget is long enough to repay it.
+    compile: Union[bool, str] = "auto"
+    # Channels-last memory layout: "auto" uses it for convolutional backbones.
+    channels_last: Union[bool, str] = "auto"
+    # AdamW's fused kernel (one kernel updates every parameter): "auto" where torch has it.
+    fused: Union[bool, str] = "auto"
+    # DataLoader worker processes, or "auto" (0 when loading in the training thread is
+    # faster: cached images, CPU training, a small dataset).
+    workers: Union[int, str] = "auto"
 
     def __post_init__(self) -> None:
         _check(
@@ -113,6 +129,17 @@ class TrainConfig:
         _check(
             self.baseline in BASELINES,
             f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}",
+        )
+        for name in ("cache", "compile", "channels_last", "fused"):
+            value = getattr(self, name)
+            _check(
+                any(value is choice or value == choice for choice in SWITCHES)
+                and not _is_int(value),
+                f"{name} must be 'auto', True or False, got {value!r}",
+            )
+        _check(
+            self.workers == "auto" or (_is_int(self.workers) and self.workers >= 0),
+            f"workers must be 'auto' or a whole number >= 0, got {self.workers!r}",
         )
         _check(
             self.val is not None,

@@ -35,6 +35,9 @@ class RunStarted:
     backbone_lr: float
     stop: str
     image_size: int
+    augment: str = "light"  # what augment="auto" became
+    # one line per speed-up: "feature cache: off (why)", "compile: on (why)", ...
+    speedups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class Progress:
     train_loss: float  # mean over the epoch's steps so far
     images_per_s: float
     elapsed_s: float
+    # set when the run changed course: e.g. smaller micro-batches after running out of memory
+    note: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -227,3 +227,43 @@ def _image_files(folder: Path) -> list[Path]:
             "them, arrays or tensors"
         )
     return files
+
+
+class UsingTheResult:
+    """Run's predict(), save() and export(): each on the ended run's best model."""
+
+    config: Any
+    class_names: tuple[str, ...]
+    data_config: dict
+    precision: str
+
+    def _ended_model(self, what: str) -> nn.Module:
+        raise NotImplementedError
+
+    def predict(self, images: Any) -> Predictions:
+        """Labels and class probabilities for images: paths (a file or a folder), PIL
+        images, an N x H x W x C uint8 array or an N x C x H x W tensor in [0, 1].
+
+        Raises:
+            RuntimeError: the run is still training, or failed (it has no model).
+        """
+        return predict(
+            self._ended_model("predict"),
+            images,
+            self.class_names,
+            self.data_config,
+            self.precision,
+        )
+
+    def save(self, path: Union[str, os.PathLike]) -> Path:
+        """Writes the best weights with the class names and data config; `nbaccel.load(path)`
+        reads it back, and `fasttrain(pretrained=path)` fine-tunes from it."""
+        model = self._ended_model("save")
+        return save(
+            model, path, self.config.backbone, self.class_names, self.data_config
+        )
+
+    def export(self, path: Union[str, os.PathLike]) -> Path:
+        """Exports the best model to ONNX ("x.onnx"), TorchScript ("x.pt") or torch.export
+        ("x.pt2"), then loads the export back and checks its outputs against the model's."""
+        return export(self._ended_model("export"), path, self.data_config)

@@ -3,7 +3,8 @@ so that bad input raises from fasttrain() itself before any thread starts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Union
 
 import torch
 from torch import nn
@@ -11,7 +12,15 @@ from torch.utils.data import DataLoader
 
 from nbaccel.core.config import TrainConfig
 from nbaccel.core.data import resolve_sources
-from nbaccel.core.loaders import create_loaders, create_transforms, resolve_batch_size
+from nbaccel.core.features import plan_feature_cache
+from nbaccel.core.loaders import (
+    TransformedImages,
+    choose_workers,
+    create_loaders,
+    create_transforms,
+    fits_image_cache,
+    resolve_batch_size,
+)
 from nbaccel.core.model import (
     LayerGroup,
     apply_freeze,
@@ -22,8 +31,9 @@ from nbaccel.core.model import (
     list_layer_groups,
     resolve_freeze_depth,
 )
-from nbaccel.core.optimizer import resolve_learning_rates
+from nbaccel.core.optimizer import resolve_fused, resolve_learning_rates
 from nbaccel.core.precision import resolve_device, resolve_precision
+from nbaccel.core.speedups import resolve_channels_last, resolve_compile
 from nbaccel.core.stopping import StopRule
 
 
@@ -46,6 +56,27 @@ class TrainingJob:
     backbone_lr: float
     stop_rule: StopRule
     data_config: dict  # timm's resolved input size, mean, std, interpolation, crop
+    augment: str  # "light" | "flip" | "none"
+    workers: int
+    feature_cache: bool
+    compile: bool
+    fused: bool  # AdamW's fused kernel
+    memory_format: torch.memory_format
+    # (speed-up, used, why) for each choice, reported in RunStarted
+    speedups: list[tuple[str, Union[bool, int], str]] = field(default_factory=list)
+    micro_batches: int = 1  # >1 after an out-of-memory error (gradient accumulation)
+
+    def use_batch_size(self, size: int) -> None:
+        """Rebuilds the loaders for `size` images per step (batch_size="auto" on CUDA)."""
+        self.batch_size = size
+        self.train_loader, self.val_loader = create_loaders(
+            self.train_loader.dataset,  # type: ignore[arg-type]
+            self.val_loader.dataset,  # type: ignore[arg-type]
+            size,
+            self.device,
+            self.workers,
+            self.train_loader.generator,  # type: ignore[arg-type]
+        )
 
 
 def prepare_job(config: TrainConfig) -> TrainingJob:
@@ -70,13 +101,52 @@ def prepare_job(config: TrainConfig) -> TrainingJob:
         config.freeze, groups, is_pretrained(config.pretrained), images_per_class
     )
     apply_freeze(model, groups, depth)
+    frozen_all = depth == len(groups)
+    augment = config.augment
+    if augment == "auto":
+        augment = "none" if frozen_all else "light"
     train_tf, eval_tf, data_config = create_transforms(
-        model, config.image_size, config.augment
+        model, config.image_size, augment
     )
+    speedups: list[tuple[str, Union[bool, int], str]] = []
+    feature_cache, why = plan_feature_cache(
+        config.cache,
+        model,
+        frozen_all,
+        augment,
+        len(train) + len(val),
+        data_config["input_size"],
+        device,
+    )
+    if config.cache is True and not feature_cache and frozen_all:
+        raise ValueError(f"cache=True, but the features cannot be cached: {why}")
+    speedups.append(("feature cache", feature_cache, why))
+    datasets = TransformedImages(train, train_tf), TransformedImages(val, eval_tf)
+    image_cache, why = (
+        (False, "cache=False") if config.cache is False else fits_image_cache(datasets)
+    )
+    if feature_cache:
+        image_cache, why = False, "the features are cached instead"
+    if config.cache is True and not (image_cache or feature_cache):
+        raise ValueError(f"cache=True, but nothing can be cached: {why}")
+    speedups.append(("image cache", image_cache, why))
+    datasets = tuple(
+        TransformedImages(d.source, d.transform, image_cache) for d in datasets
+    )
+    workers, why = choose_workers(config.workers, datasets[0], device)
+    speedups.append(("workers", workers, why))
     batch_size = resolve_batch_size(config.batch_size, device, len(train))
+    generator = torch.Generator().manual_seed(config.seed)
     train_loader, val_loader = create_loaders(
-        train, val, (train_tf, eval_tf), batch_size, device, config.seed
+        *datasets, batch_size, device, workers, generator
     )
+    total_steps = config.epochs * len(train_loader)
+    compiled, why = resolve_compile(config.compile, device, total_steps, feature_cache)
+    speedups.append(("compile", compiled, why))
+    channels_last, why = resolve_channels_last(config.channels_last, model, device)
+    speedups.append(("channels_last", channels_last, why))
+    fused, why = resolve_fused(config.fused, model, device)
+    speedups.append(("fused optimizer", fused, why))
     head_lr, backbone_lr = resolve_learning_rates(
         config.lr, is_pretrained(config.pretrained)
     )
@@ -96,6 +166,13 @@ def prepare_job(config: TrainConfig) -> TrainingJob:
         backbone_lr=backbone_lr,
         stop_rule=config.stop_rule,
         data_config=data_config,
+        augment=augment,
+        workers=workers,
+        feature_cache=feature_cache,
+        compile=compiled,
+        fused=fused,
+        memory_format=torch.channels_last if channels_last else torch.preserve_format,
+        speedups=speedups,
     )
 
 
@@ -121,4 +198,12 @@ def describe_start(job: TrainingJob) -> dict:
         backbone_lr=job.backbone_lr,
         stop=job.stop_rule.text,
         image_size=int(job.data_config["input_size"][-1]),
+        augment=job.augment,
+        speedups=tuple(
+            f"{name}: {_state(used)} ({why})" for name, used, why in job.speedups
+        ),
     )
+
+
+def _state(used: Union[bool, int]) -> str:
+    return ("on" if used else "off") if isinstance(used, bool) else str(used)

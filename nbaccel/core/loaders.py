@@ -1,4 +1,5 @@
-"""Loaders: timm's transforms for the backbone, the batch size, and the DataLoaders.
+"""Loaders: timm's transforms for the backbone, the decoded-image cache, the batch size, the
+worker processes, and the DataLoaders.
 
 Transforms come from timm's own data config for the model, so the pixels a model sees match
 what its weights were trained on.
@@ -6,27 +7,76 @@ what its weights were trained on.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import time
 from typing import Any, Optional
 
 import torch
 from timm.data import create_transform, resolve_model_data_config
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
 
 from nbaccel.core.data import ImageSource
 
+IMAGE_CACHE_BYTES = 2 * 1024**3  # decoded images kept in memory, train and val together
+WORKER_START_S = 2.0  # about what starting worker processes costs (each imports torch)
+MAX_WORKERS = 8
+
 
 class TransformedImages(Dataset):
-    """An ImageSource with a transform: yields (tensor C x H x W, label)."""
+    """An ImageSource with a transform: yields (tensor C x H x W, label).
 
-    def __init__(self, source: ImageSource, transform: Any) -> None:
-        self.source = source
-        self.transform = transform
+    With `cache=True`, each image is decoded once and kept after the transform's leading
+    deterministic steps (resize, centre crop: a small uint8 image), so later epochs run only
+    the random and tensor steps. The cache fills as images are first read.
+    """
+
+    def __init__(
+        self, source: ImageSource, transform: Any, cache: bool = False
+    ) -> None:
+        self.source, self.transform = source, transform
+        self.prefix, self.rest = split_transform(transform)
+        self.cache: Optional[list] = [None] * len(source) if cache else None
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.source.load(index)), int(self.source.labels[index])
+        return self.rest(self.decoded(index)), int(self.source.labels[index])
+
+    def decoded(self, index: int) -> Any:
+        """The image after the transform's deterministic steps, from the cache if it has it."""
+        if self.cache is None:
+            return self.prefix(self.source.load(index))
+        image = self.cache[index]
+        if image is None:
+            image = self.cache[index] = self.prefix(self.source.load(index))
+        return image
+
+
+def split_transform(transform: Any) -> tuple[Any, Any]:
+    """(leading deterministic PIL steps, the rest) of a torchvision Compose."""
+    steps = list(getattr(transform, "transforms", [transform]))
+    cut = 0
+    while cut < len(steps) and isinstance(steps[cut], (T.Resize, T.CenterCrop)):
+        cut += 1
+    return T.Compose(steps[:cut]), T.Compose(steps[cut:])
+
+
+def fits_image_cache(datasets: tuple[TransformedImages, ...]) -> tuple[bool, str]:
+    """Whether the cached images of `datasets` fit IMAGE_CACHE_BYTES, estimated from each
+    one's first image as it would be kept; and why."""
+    needed = 0
+    for dataset in datasets:
+        first = dataset.prefix(dataset.source.load(0))
+        needed += len(dataset) * first.width * first.height * 3
+    if needed > IMAGE_CACHE_BYTES:
+        return False, (
+            f"the decoded images need ~{needed / 1024**3:.1f} GiB, over the "
+            f"{IMAGE_CACHE_BYTES / 1024**3:.0f} GiB budget: read from the source each epoch"
+        )
+    return True, f"decoded once, ~{needed / 1024**2:.0f} MiB kept in memory"
 
 
 def create_transforms(
@@ -69,28 +119,100 @@ def resolve_batch_size(requested: Any, device: torch.device, train_size: int) ->
     return max(1, min(size, train_size))
 
 
+def choose_workers(
+    requested: Any, dataset: TransformedImages, device: torch.device
+) -> tuple[int, str]:
+    """(worker processes, why) for loading `dataset`.
+
+    Workers start with forkserver (spawn off Linux), never fork: forking a kernel that runs
+    threads can copy a held lock and deadlock. Those methods pickle the dataset, so a
+    dataset class defined in the notebook cannot be loaded by workers.
+
+    Raises:
+        ValueError: workers asked for, but the dataset's class lives in the notebook.
+    """
+    user_dataset = dataset.source.dataset
+    in_notebook = (
+        user_dataset is not None and type(user_dataset).__module__ == "__main__"
+    )
+    if requested != "auto":
+        if requested and in_notebook:
+            raise ValueError(
+                f"workers={requested}: the dataset class {type(user_dataset).__name__} is "
+                "defined in the notebook, and worker processes cannot import it; move it "
+                "into a .py file next to the notebook and import it, or use workers=0"
+            )
+        return int(requested), f"workers={requested} as asked"
+    if dataset.cache is not None:
+        return 0, "decoded images are cached in memory: faster than starting workers"
+    if device.type == "cpu":
+        return 0, "training on the CPU uses every core: workers would compete with it"
+    if in_notebook:
+        return 0, (
+            f"{type(user_dataset).__name__} is defined in the notebook, so worker "
+            "processes cannot import it (move it to a .py file to load in parallel)"
+        )
+    started = time.perf_counter()
+    sample = min(4, len(dataset))
+    for index in range(sample):
+        dataset[index]
+    epoch_s = (time.perf_counter() - started) / sample * len(dataset)
+    if epoch_s < WORKER_START_S:
+        return (
+            0,
+            f"reading an epoch takes ~{epoch_s:.1f} s here: less than starting workers",
+        )
+    cores = (
+        len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count()
+    )
+    count = max(0, min(MAX_WORKERS, (cores or 1) - 1))
+    return count, f"{count} workers (one core left for the training thread)"
+
+
+def _unguarded_script() -> Optional[str]:
+    """The main script's name when it lacks the `if __name__ == "__main__":` guard that
+    spawned workers need (they import it); None in a notebook or an interactive session."""
+    import __main__
+
+    path = getattr(__main__, "__file__", None)
+    if not path or "ipykernel" in path or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8", errors="replace") as script:
+        source = script.read()
+    return None if "__main__" in source else os.path.basename(path)
+
+
+def worker_context() -> Any:
+    """forkserver where there is one (Linux, macOS), else spawn; never fork (see above)."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context(
+        "forkserver" if "forkserver" in methods else "spawn"
+    )
+
+
 def create_loaders(
-    train: ImageSource,
-    val: ImageSource,
-    transforms: tuple[Any, Any],
+    train: TransformedImages,
+    val: TransformedImages,
     batch_size: int,
     device: torch.device,
-    seed: int,
+    workers: int,
+    generator: torch.Generator,
 ) -> tuple[DataLoader, DataLoader]:
-    """Shuffled train and ordered val loaders. Data loads in the training thread (0 workers):
-    worker processes forked from a threaded kernel can deadlock."""
-    generator = torch.Generator().manual_seed(seed)
-    pin = device.type == "cuda"
+    """Shuffled train and ordered val loaders: pinned memory on CUDA (the steps copy with
+    non_blocking=True), `workers` persistent worker processes (started once per run)."""
+    common: dict[str, Any] = dict(pin_memory=device.type == "cuda", num_workers=workers)
+    if workers:
+        common.update(persistent_workers=True, multiprocessing_context=worker_context())
     train_loader = DataLoader(
-        TransformedImages(train, transforms[0]),
+        train,
         batch_size=batch_size,
         shuffle=True,
         generator=generator,
         # No batch of one: BatchNorm cannot train on it.
         drop_last=len(train) > batch_size,
-        pin_memory=pin,
+        **common,
     )
-    val_loader = DataLoader(
-        TransformedImages(val, transforms[1]), batch_size=batch_size * 2, pin_memory=pin
-    )
+    val_loader = DataLoader(val, batch_size=batch_size * 2, **common)
     return train_loader, val_loader

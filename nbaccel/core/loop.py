@@ -8,17 +8,19 @@ from __future__ import annotations
 import logging
 import math
 import random
-import threading
 import time
+from functools import partial
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from nbaccel.core.accelerate import Trainee, accelerate, fit_batch_size
 from nbaccel.core.calibration import Calibration, calibrate
+from nbaccel.core.control import Control
 from nbaccel.core.events import EpochEnded, Event, Progress, RunStarted, SavingsUpdated
 from nbaccel.core.job import TrainingJob, describe_start
+from nbaccel.core.memory import retry_smaller
 from nbaccel.core.model import best_state_copy, set_train_mode
 from nbaccel.core.optimizer import create_optimizer, lr_factor, set_learning_rate
 from nbaccel.core.precision import create_grad_scaler
@@ -33,91 +35,46 @@ PROGRESS_EVERY = (
 )
 
 
-class Control:
-    """Stop and pause flags, set from any thread, read by the loop between steps.
-
-    Time spent paused is not counted in `elapsed()`, so a time budget means training time.
-    """
-
-    def __init__(self) -> None:
-        self.stop_requested = threading.Event()
-        self._running = threading.Event()  # cleared while paused
-        self._running.set()
-        self._started = time.perf_counter()
-        self._paused_s = 0.0
-
-    @property
-    def paused(self) -> bool:
-        return not self._running.is_set()
-
-    def pause(self) -> None:
-        self._running.clear()
-
-    def resume(self) -> None:
-        self._running.set()
-
-    def stop(self) -> None:
-        self.stop_requested.set()
-        self._running.set()  # wakes a paused loop so that it can end
-
-    def start_clock(self) -> None:
-        self._started, self._paused_s = time.perf_counter(), 0.0
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self._started - self._paused_s
-
-    def should_stop(self) -> bool:
-        """Called between steps: blocks while paused, then says whether to stop."""
-        if not self._running.is_set():
-            paused_at = time.perf_counter()
-            self._running.wait()
-            self._paused_s += time.perf_counter() - paused_at
-        return self.stop_requested.is_set()
-
-
 def run_training(
     job: TrainingJob, emit: Callable[[Event], None], control: Control
 ) -> tuple[str, str, Optional[int]]:
     """Trains `job.model` in place. Returns (status, reason, best epoch or None)."""
-    # 1. Set up on this thread: seed, device, optimizer, scaler.
+    # 1. Set up on this thread: seed, device and memory layout, the batch size that fits.
     seed_everything(job.config.seed)
-    model = job.model.to(job.device)
-    optimizer = create_optimizer(model, job.head_lr, job.backbone_lr)
-    scaler = create_grad_scaler(job.device, job.precision)
-    emit(RunStarted(**describe_start(job)))
     control.start_clock()
+    model = job.model.to(job.device, memory_format=job.memory_format)
+    fit_batch_size(job, model)
+    emit(RunStarted(**describe_start(job)))
     history: list[dict] = []
-    # 2. Time the baseline's steps and this run's on real batches (part of elapsed), then
-    # seed again: the timing drew from the RNGs, and the run must not depend on it.
+    # 2. Time the baseline's steps and this run's; compile; cache the frozen features. All
+    # of it counts in elapsed. Then seed again: none of it may change the run.
     calibration = measure_baseline(job, control)
+    trainee = accelerate(job, model, control.stop_requested.is_set)
+    if trainee is None:
+        return "stopped", "user", None
     seed_everything(job.config.seed)
+    optimizer = create_optimizer(model, job.head_lr, job.backbone_lr, job.fused)
+    scaler = create_grad_scaler(job.device, job.precision)
 
     def report_savings(end_reason: Optional[str] = None) -> None:
         if calibration is not None:
             emit(
-                savings_update(job, calibration, history, control.elapsed(), end_reason)
+                savings_update(job, calibration, trainee, history, control, end_reason)
             )
 
     report_savings()
     best_state, best_epoch, reason = None, None, "epochs"
-    monitor = job.stop_rule.monitor
     for epoch in range(1, job.config.epochs + 1):
-        # 3. Train one epoch; stop requests, the time budget and NaN are checked between steps.
+        # 3. Train one epoch, then 4. evaluate on the held-out images. Stop requests, the
+        # time budget and NaN are checked between steps.
         epoch_started = time.perf_counter()
         interrupted, train_loss, images_per_s = train_epoch(
-            model, optimizer, scaler, job, epoch, emit, control
+            trainee, optimizer, scaler, job, epoch, emit, control
         )
+        if not interrupted:
+            interrupted, val_loss, val_acc = evaluate(trainee, job, control, emit)
         if interrupted:
             reason = interrupted
-            break
-        # 4. Evaluate on the held-out images.
-        scores = evaluate(model, job, control)
-        if scores is None:
-            reason = "user"
-            break
-        val_loss, val_acc = scores
-        if not math.isfinite(val_loss):
-            reason = "nan"
             break
         # 5. Record the epoch; keep a host copy of the best weights so far.
         row = dict(
@@ -130,6 +87,7 @@ def run_training(
             elapsed_s=control.elapsed(),
         )
         history.append(row)
+        monitor = job.stop_rule.monitor
         is_best = best_epoch is None or is_better(
             monitor, row[monitor], history[best_epoch - 1][monitor]
         )
@@ -142,11 +100,12 @@ def run_training(
         if fired:
             reason = fired
             break
-    # 7. Report the measured savings; restore the best epoch's weights.
+    # 7. Report the measured savings; restore the best epoch's weights, in the default
+    # memory layout (what saving and exporting expect).
     report_savings(reason)
     if best_state is not None:
         model.load_state_dict(best_state)
-    model.eval()
+    model.to(memory_format=torch.contiguous_format).eval()
     return ("stopped" if reason == "user" else "finished"), reason, best_epoch
 
 
@@ -173,8 +132,9 @@ def measure_baseline(job: TrainingJob, control: Control) -> Optional[Calibration
 def savings_update(
     job: TrainingJob,
     calibration: Calibration,
+    trainee: Trainee,
     history: list[dict],
-    elapsed_s: float,
+    control: Control,
     end_reason: Optional[str],
 ) -> SavingsUpdated:
     return SavingsUpdated(
@@ -185,15 +145,16 @@ def savings_update(
             freeze_depth=job.freeze_depth,
             precision=job.precision,
             history=history,
-            elapsed_s=elapsed_s,
+            elapsed_s=control.elapsed(),
             budget=job.config.epochs,
             end_reason=end_reason,
+            acceleration=trainee.measured,
         )
     )
 
 
 def train_epoch(
-    model: nn.Module,
+    trainee: Trainee,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     job: TrainingJob,
@@ -202,28 +163,42 @@ def train_epoch(
     control: Control,
 ) -> tuple[Optional[str], float, float]:
     """One pass over the training data. Returns (interruption reason or None, mean loss, images/s)."""
-    set_train_mode(model)
+    set_train_mode(trainee.model)
     steps = len(job.train_loader)
     first_step, total_steps = (epoch - 1) * steps, job.config.epochs * steps
     time_limit = job.stop_rule.time_limit_s
-    loss_sum = torch.zeros(
-        (), device=job.device
-    )  # summed on the device: no sync per step
+    # Summed on the device: no host sync per step.
+    loss_sum = torch.zeros((), device=job.device)
     images, mean_loss, started = 0, math.nan, time.perf_counter()
-    for step, (inputs, targets) in enumerate(job.train_loader, start=1):
+
+    def note(text: str) -> None:
+        emit(Progress(epoch, step, steps, mean_loss, 0.0, control.elapsed(), note=text))
+
+    for step, (inputs, targets) in enumerate(trainee.train_batches(), start=1):
         if control.should_stop():
             return "user", mean_loss, 0.0
         if time_limit is not None and control.elapsed() >= time_limit:
             return "time", mean_loss, 0.0
         set_learning_rate(optimizer, lr_factor(first_step + step - 1, total_steps))
-        loss_sum += train_step(
-            model, optimizer, scaler, inputs, targets, job.device, job.precision
+        loss_sum += retry_smaller(
+            job,
+            partial(
+                train_step,
+                trainee.module,
+                optimizer,
+                scaler,
+                inputs,
+                targets,
+                job.device,
+                job.precision,
+                memory_format=trainee.memory_format,
+            ),
+            note,
         )
         images += len(targets)
         if step % PROGRESS_EVERY == 0 or step == steps:
-            mean_loss = (
-                loss_sum.item() / step
-            )  # the host sync, once per PROGRESS_EVERY steps
+            # The host sync, once per PROGRESS_EVERY steps.
+            mean_loss = loss_sum.item() / step
             if not math.isfinite(mean_loss):
                 return "nan", mean_loss, 0.0
             speed = images / (time.perf_counter() - started)
@@ -233,19 +208,36 @@ def train_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, job: TrainingJob, control: Control
-) -> Optional[tuple[float, float]]:
-    """(mean loss, accuracy) on the validation loader, or None if a stop was asked for."""
-    model.eval()
+    trainee: Trainee, job: TrainingJob, control: Control, emit: Callable[[Event], None]
+) -> tuple[Optional[str], float, float]:
+    """(interruption reason or None, mean loss, accuracy) on the validation data: "user"
+    when a stop was asked for, "nan" when the loss is not finite."""
+    trainee.model.eval()
     loss_sum = torch.zeros((), device=job.device)
     correct = torch.zeros((), device=job.device, dtype=torch.long)
     count = 0
-    for inputs, targets in job.val_loader:
+
+    def note(text: str) -> None:
+        emit(Progress(0, 0, 0, math.nan, 0.0, control.elapsed(), note=text))
+
+    for inputs, targets in trainee.val_batches():
         if control.should_stop():
-            return None
-        logits = eval_step(model, inputs, job.device, job.precision)
+            return "user", math.nan, math.nan
+        logits = retry_smaller(
+            job,
+            partial(
+                eval_step,
+                trainee.module,
+                inputs,
+                job.device,
+                job.precision,
+                memory_format=trainee.memory_format,
+            ),
+            note,
+        )
         targets = targets.to(job.device, non_blocking=True)
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum")
         correct += (logits.argmax(dim=1) == targets).sum()
         count += len(targets)
-    return loss_sum.item() / count, correct.item() / count
+    loss, accuracy = loss_sum.item() / count, correct.item() / count
+    return (None if math.isfinite(loss) else "nan"), loss, accuracy

@@ -6,30 +6,28 @@ calls subscribers. Control goes back only through the loop's `Control` flags.
 
 from __future__ import annotations
 
-import gc
 import logging
-import os
 import queue
 import threading
 import traceback
-from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from nbaccel.core.config import TrainConfig
+from nbaccel.core.control import Control, interrupt_stops
 from nbaccel.core.events import EpochEnded, Event, RunEnded, SavingsUpdated
-from nbaccel.core.export import Predictions, export, predict, save
+from nbaccel.core.export import UsingTheResult
 from nbaccel.core.job import TrainingJob
-from nbaccel.core.loop import Control, run_training
+from nbaccel.core.loop import run_training
+from nbaccel.core.memory import release
 from nbaccel.core.savings import Savings
 
 logger = logging.getLogger(__name__)
 
-_current_run: Optional[Run] = (
-    None  # the one registry: the latest run started in this process
-)
+# The one registry: the latest run started in this process.
+_current_run: Optional[Run] = None
 
 
 class TrainingFailed(RuntimeError):
@@ -46,7 +44,7 @@ def current_run() -> Optional[Run]:
     return _current_run
 
 
-class Run:
+class Run(UsingTheResult):  # predict(), save(), export(): see export.UsingTheResult
     """A training run in a background thread. Start it with `nbaccel.fasttrain()`."""
 
     def __init__(self, job: TrainingJob) -> None:
@@ -71,31 +69,45 @@ class Run:
         self._subscribers: list[Callable[[Event], Any]] = []
         self._ended: Optional[RunEnded] = None
         self._done = threading.Event()
+        self._started = False
         self._trainer = threading.Thread(
             target=self._train, name="nbaccel-train", daemon=True
         )
         self._publisher = threading.Thread(
             target=self._publish, name="nbaccel-publish", daemon=True
         )
+        # The threads that must not wait for the run to end (they are what ends it).
+        self._own_threads = [self._trainer, self._publisher]
 
     # --- control -------------------------------------------------------------------------
 
-    def start(self) -> Run:
-        """Starts the threads (once; later calls do nothing)."""
+    def start(self, background: bool = True) -> Run:
+        """Starts the run (once; later calls do nothing).
+
+        background=False trains on the calling thread and returns once the run has ended
+        (scripts: on a CPU, a second thread's OpenMP pool competes with the first for the
+        cores, which cost 20% of the speed on 2 cores). There, Ctrl-C stops the run at the
+        next step, the best weights restored, then raises KeyboardInterrupt.
+        """
         global _current_run
         with self._lock:
-            if self._trainer.ident is None:
-                _current_run = self
-                self._publisher.start()
+            if self._started:
+                return self
+            self._started = True
+            _current_run = self
+            self._publisher.start()
+            if background:
                 self._trainer.start()
+        if not background:
+            self._train_here()
         return self
 
     def stop(self, timeout: float = 30.0) -> Run:
-        """Asks the run to stop at the next step boundary and waits up to `timeout` s for the
-        training thread to end. Idempotent."""
+        """Asks the run to stop at the next step boundary and waits up to `timeout` s for it
+        to end (its status then says so). Idempotent."""
         self._control.stop()
-        if self._trainer.is_alive() and threading.current_thread() is not self._trainer:
-            self._trainer.join(timeout)
+        if self._started and threading.current_thread() not in self._own_threads:
+            self._done.wait(timeout)
         return self
 
     def pause(self) -> Run:
@@ -121,7 +133,7 @@ class Run:
                 f"the run is still {self.status} after {timeout} s; call run.stop() to end it"
             )
         for thread in (self._trainer, self._publisher):  # both end right after RunEnded
-            if thread is not threading.current_thread():
+            if thread.ident is not None and thread is not threading.current_thread():
                 thread.join()
         ended = self._ended
         assert ended is not None
@@ -137,7 +149,7 @@ class Run:
         start() (a compare() run waiting for its turn)."""
         if self._ended is not None:
             return self._ended.status
-        if self._trainer.ident is None:
+        if not self._started:
             return "pending"
         return "paused" if self._control.paused else "running"
 
@@ -201,34 +213,6 @@ class Run:
 
     # --- using the result ----------------------------------------------------------------
 
-    def predict(self, images: Any) -> Predictions:
-        """Labels and class probabilities for images: paths (a file or a folder), PIL
-        images, an N x H x W x C uint8 array or an N x C x H x W tensor in [0, 1].
-
-        Raises:
-            RuntimeError: the run is still training, or failed (it has no model).
-        """
-        return predict(
-            self._ended_model("predict"),
-            images,
-            self.class_names,
-            self.data_config,
-            self.precision,
-        )
-
-    def save(self, path: Union[str, os.PathLike]) -> Path:
-        """Writes the best weights with the class names and data config; `nbaccel.load(path)`
-        reads it back, and `fasttrain(pretrained=path)` fine-tunes from it."""
-        model = self._ended_model("save")
-        return save(
-            model, path, self.config.backbone, self.class_names, self.data_config
-        )
-
-    def export(self, path: Union[str, os.PathLike]) -> Path:
-        """Exports the best model to ONNX ("x.onnx"), TorchScript ("x.pt") or torch.export
-        ("x.pt2"), then loads the export back and checks its outputs against the model's."""
-        return export(self._ended_model("export"), path, self.data_config)
-
     def _ended_model(self, what: str) -> nn.Module:
         if self._ended is None:
             raise RuntimeError(
@@ -251,13 +235,26 @@ class Run:
 
     # --- the two threads -----------------------------------------------------------------
 
+    def _train_here(self) -> None:
+        """The training thread's work, on the calling thread; Ctrl-C asks for a stop."""
+        self._own_threads.append(threading.current_thread())
+        try:
+            with interrupt_stops(self._control) as interrupted:
+                self._train()
+        finally:
+            self._own_threads.pop()
+        self._done.wait()  # every event published
+        if interrupted:
+            raise KeyboardInterrupt
+
     def _train(self) -> None:
         job = self._job
         assert job is not None
         try:
-            status, reason, best_epoch = run_training(
-                job, self._queue.put, self._control
-            )
+            with torch.enable_grad():
+                status, reason, best_epoch = run_training(
+                    job, self._queue.put, self._control
+                )
             # The run's clock: from the first step's set-up, paused time left out.
             ended = RunEnded(status, reason, best_epoch, self._control.elapsed())
         except BaseException as error:  # noqa: BLE001 - everything becomes a failed run
@@ -273,7 +270,7 @@ class Run:
             self._job = None  # drops the loaders and the job's model reference
         if ended.status == "stopped" and self._model is not None:
             self._model.to("cpu")  # a stopped run gives its GPU memory back
-        _release_memory(self._device)
+        release(self._device)
         self._queue.put(ended)
 
     def _publish(self) -> None:
@@ -301,9 +298,3 @@ class Run:
             if isinstance(event, RunEnded):
                 self._done.set()
                 return
-
-
-def _release_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()

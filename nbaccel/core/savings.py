@@ -14,6 +14,16 @@ from nbaccel.core.calibration import Calibration
 
 
 @dataclass(frozen=True)
+class Acceleration:
+    """The speed-ups measured on the training thread before the first epoch."""
+
+    image_cache: bool = False  # decoded images kept after the first epoch
+    cache_fill_s: Optional[float] = None  # computing the frozen features, once
+    compile_s: float = 0.0  # torch.compile's warm-up
+    compile_gain_s: float = 0.0  # seconds a compiled training step saves
+
+
+@dataclass(frozen=True)
 class Savings:
     """How much sooner this run ends than the baseline would, and how each number was got."""
 
@@ -34,8 +44,8 @@ class Savings:
     epochs_budget: int
     epochs_run: int
     calibration_s: float  # what timing the steps cost; part of actual_s
-    # (cause, seconds saved, how): frozen layers, precision, early stop, calibration (a
-    # cost), other (the difference between the measured epochs and the calibrated steps).
+    # (cause, seconds saved, how): frozen layers, precision, early stop, caching, compile
+    # (its gain less its cost), calibration (a cost), other (the difference between the measured epochs and the calibrated steps).
     by_cause: tuple[tuple[str, float, str], ...]
 
     @property
@@ -58,6 +68,7 @@ def estimate_savings(
     elapsed_s: float,
     budget: int,
     end_reason: Optional[str] = None,
+    acceleration: Acceleration = Acceleration(),
 ) -> Savings:
     """The savings after `history` and `elapsed_s`; `end_reason` is set once the run ended.
 
@@ -67,17 +78,44 @@ def estimate_savings(
     epoch measures them better than a few batches read at start-up (when a notebook is
     still busy drawing the panel).
     """
-    cal, spe, run = calibration, steps_per_epoch, len(history)
+    cal, spe, run, acc = calibration, steps_per_epoch, len(history), acceleration
+    # The timed step difference is frozen layers and fused AdamW together; the latter is
+    # timed on its own.
+    optimizer_gain = spe * cal.optimizer_gain_s
     frozen_gain = spe * (cal.baseline_step_s - cal.frozen_fp32_step_s)
     precision_gain = spe * (cal.frozen_fp32_step_s - cal.own_step_s) + val_batches * (
         cal.fp32_eval_s - cal.own_eval_s
     )
-    calibrated = spe * (cal.train_data_s + cal.own_step_s) + val_batches * (
-        cal.val_data_s + cal.own_eval_s
-    )
-    observed = sum(row["epoch_s"] for row in history) / run if run else None
+    compile_gain = spe * acc.compile_gain_s
+    # Caching saves this much on every epoch but the first (which fills the cache).
+    if acc.cache_fill_s is not None:
+        cache_gain = acc.cache_fill_s
+        calibrated = spe * cal.feature_step_s + val_batches * cal.feature_eval_s
+    elif acc.image_cache:
+        cache_gain = spe * (
+            cal.train_data_s - cal.cached_train_data_s
+        ) + val_batches * (cal.val_data_s - cal.cached_val_data_s)
+        calibrated = (
+            spe * (cal.cached_train_data_s + cal.own_step_s)
+            + val_batches * (cal.cached_val_data_s + cal.own_eval_s)
+            - compile_gain
+        )
+    else:
+        cache_gain = 0.0
+        calibrated = (
+            spe * (cal.train_data_s + cal.own_step_s)
+            + val_batches * (cal.val_data_s + cal.own_eval_s)
+            - compile_gain
+        )
+    epochs = [row["epoch_s"] for row in history]
+    if acc.image_cache and run >= 2:
+        epochs = epochs[1:]  # the first epoch filled the image cache
+    elif acc.image_cache and run == 1:
+        epochs = [epochs[0] - cache_gain]
+    observed = sum(epochs) / len(epochs) if epochs else None
     own = observed or calibrated
-    baseline = own + frozen_gain + precision_gain  # seconds per baseline epoch
+    # seconds per baseline epoch: what this run's epochs would take without each speed-up
+    baseline = own + cache_gain + compile_gain + frozen_gain + precision_gain
     final = end_reason is not None
     by_user = end_reason == "user"  # epochs the user chose not to run are not a saving
     projected = run if by_user else budget  # baseline epochs to compare against
@@ -88,9 +126,16 @@ def estimate_savings(
     causes = [
         (
             "frozen layers",
-            counted * frozen_gain,
+            counted * (frozen_gain - optimizer_gain),
             f"{freeze_depth} layer groups frozen: {cal.baseline_step_s * 1e3:.0f} -> "
-            f"{cal.frozen_fp32_step_s * 1e3:.0f} ms per step (timed, fp32)",
+            f"{cal.frozen_fp32_step_s * 1e3:.0f} ms per step (timed, fp32), less the "
+            "fused optimizer's share",
+        ),
+        (
+            "fused optimizer",
+            counted * optimizer_gain,
+            f"AdamW's fused kernel: {cal.optimizer_gain_s * 1e3:.0f} ms less per step "
+            "(timed on the same gradients)",
         ),
         (
             "precision",
@@ -107,6 +152,24 @@ def estimate_savings(
             if final
             else "counted when the run ends",
         ),
+        (
+            "caching",
+            max(0, counted - 1) * cache_gain,
+            f"features computed once in {acc.cache_fill_s:.1f} s, not every epoch"
+            if acc.cache_fill_s is not None
+            else f"decoded images kept: {cache_gain:.1f} s of reading saved per epoch "
+            "after the first (timed)"
+            if acc.image_cache
+            else "nothing cached",
+        ),
+        (
+            "compile",
+            counted * compile_gain - acc.compile_s,
+            f"compiling took {acc.compile_s:.1f} s; a compiled step saves "
+            f"{acc.compile_gain_s * 1e3:.0f} ms (timed)"
+            if acc.compile_s
+            else "not compiled",
+        ),
         ("calibration", -cal.cost_s, "timing the baseline's steps and this run's"),
     ]
     other = baseline_s - actual - sum(seconds for _, seconds, _ in causes)
@@ -118,10 +181,10 @@ def estimate_savings(
         f"{cal.train_data_s * 1e3:.0f} ms reading data, x {spe})"
     )
     baseline_how = (
-        f"{source} + {frozen_gain + precision_gain:.1f} s per epoch for the steps the "
-        f"baseline does in full: {cal.baseline_step_s * 1e3:.0f} ms vs "
+        f"{source} + {baseline - own:.1f} s per epoch for what the baseline does in "
+        f"full (caching, compile, steps: {cal.baseline_step_s * 1e3:.0f} ms vs "
         f"{cal.own_step_s * 1e3:.0f} ms per step, timed {cal.steps_timed}+ times each "
-        f"after a warm-up on this run's batches = {baseline:.1f} s per epoch x "
+        f"after a warm-up on this run's batches) = {baseline:.1f} s per epoch x "
         f"{projected} epochs" + (" (the epochs run before the stop)" if by_user else "")
     )
     if final:

@@ -23,7 +23,12 @@ def fasttrain(
     image_size: Optional[int] = None,
     device: str = "auto",
     seed: int = 0,
-    augment: str = "light",
+    augment: str = "auto",
+    cache: Any = "auto",
+    compile: Any = "auto",
+    channels_last: Any = "auto",
+    fused: Any = "auto",
+    workers: Any = "auto",
     baseline: str = "measure",
     background: bool = True,
 ) -> Run:
@@ -46,8 +51,16 @@ def fasttrain(
         image_size: square input size in pixels; None uses the backbone's default.
         device: "auto" | "cpu" | "cuda" | "cuda:N" | "mps".
         seed: seeds the split, the new head, the shuffle and augmentation.
-        augment: "light" (random crops), "flip" (crops and horizontal flips) or "none".
+        augment: "light" (random crops), "flip" (crops and horizontal flips), "none", or
+            "auto" (light; none when only the head trains, so its features can be cached).
         baseline: "measure" times a few baseline steps first, for `run.savings`; "off".
+        cache: "auto" keeps decoded images, and a frozen backbone's features, in memory
+            when they fit; True insists (an error when nothing can be); False never caches.
+        compile: torch.compile the model in the training thread: True, False, or "auto"
+            (on CUDA, for an epoch budget of 1000 steps or more).
+        channels_last: channels-last memory layout: True, False, or "auto" (convnets).
+        fused: AdamW's fused kernel: True, False, or "auto" (where torch has one).
+        workers: DataLoader worker processes, or "auto" (0 where that is faster).
         background: False blocks until the run has ended (scripts and tests).
 
     Returns:
@@ -69,6 +82,11 @@ def fasttrain(
         seed=seed,
         augment=augment,
         baseline=baseline,
+        cache=cache,
+        compile=compile,
+        channels_last=channels_last,
+        fused=fused,
+        workers=workers,
     )
     return start_run(config, background=background)
 
@@ -80,14 +98,7 @@ def prepare_run(config: TrainConfig) -> Run:
 
 
 def start_run(config: TrainConfig, background: bool = True) -> Run:
-    """Prepares and starts a Run for `config` (what fasttrain() and the panel call)."""
-    run = prepare_run(config).start()
-    if not background:
-        try:
-            run.wait()
-        except (
-            KeyboardInterrupt
-        ):  # Ctrl-C in a script (or a kernel interrupt) ends the run too
-            run.stop()
-            raise
-    return run
+    """Prepares and starts a Run for `config` (what fasttrain() and the panel call).
+    background=False trains on this thread and returns the ended run (Ctrl-C stops it)."""
+    run = prepare_run(config).start(background)
+    return run if background else run.wait()

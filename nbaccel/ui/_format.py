@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from typing import Optional
 
 from nbaccel.core import (
@@ -78,8 +79,10 @@ def status_html(
     end: Optional[RunEnded],
     best: Optional[EpochEnded],
     stop_requested: bool,
+    notes: Sequence[str] = (),
 ) -> str:
-    """The status line: what is happening, the setup, the best epoch so far."""
+    """The status line: what is happening, the setup and speed-ups, the best epoch so
+    far, and any change of course (notes)."""
     if start is None:
         return "starting…"
     setup = (
@@ -89,6 +92,12 @@ def status_html(
         f"{format_count(start.trainable_params)} of {format_count(start.total_params)} "
         f"parameters train · {start.train_images} train / {start.val_images} val images"
     )
+    used = [line.split(":")[0] for line in start.speedups if ": on (" in line]
+    if used:
+        details = html.escape("\n".join(start.speedups), quote=True)
+        setup += f" · <span title='{details}'>{html.escape(', '.join(used))}</span>"
+    for note in notes:
+        setup += f"<br><i>{html.escape(note)}</i>"
     best_text = (
         f" · best epoch {best.epoch}: val_acc {best.val_acc:.3f}, "
         f"val_loss {best.val_loss:.4f}"

@@ -150,9 +150,15 @@ class Bridge(_Follower):
         self.ended: Optional[RunEnded] = None
         self.savings: Optional[Savings] = None
         self.stop_requested = False
+        self.notes: list[str] = []
         super().__init__({"run": run} if run else {}, updates_per_second)
 
     def _apply(self, name: str, event: Event) -> None:
+        if isinstance(event, Progress) and event.note:
+            self.notes.append(
+                event.note
+            )  # a change of course, not a point on the charts
+            return
         self.data.add(event)
         if isinstance(event, RunStarted):
             self.started = event
@@ -181,7 +187,12 @@ class Bridge(_Follower):
         panel.controls.set_enabled(not live)
         panel.status.value = (
             status_html(
-                status, self.started, self.ended, self.best, self.stop_requested
+                status,
+                self.started,
+                self.ended,
+                self.best,
+                self.stop_requested,
+                self.notes,
             )
             if self.run
             else "Choose data and a backbone, then Start."
