@@ -41,7 +41,8 @@ import nbaccel
 
 BACKBONE, SIZE, BATCH = "resnet18", 32, 32
 GPU_MODELS = ("resnet50", "convnext_tiny", "vit_small_patch16_224")
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # dense
+# Dense bf16 peaks (SXM parts; an H100 PCIe has 756e12).
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 
 def device_name() -> str:
