@@ -263,3 +263,17 @@ def test_a_foreground_run_trains_on_the_calling_thread_and_ctrl_c_stops_it(
     assert signal.getsignal(signal.SIGINT) is previous  # the handler is put back
     assert threads[0] is not threading.main_thread()  # subscribers: publisher thread
     assert [t.name for t in threading.enumerate() if t.name.startswith("nbaccel")] == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_the_batch_is_probed_and_features_stay_on_the_device(digits_high):
+    run = nbaccel.fasttrain(
+        digits_high, pretrained=False, freeze="all", epochs=2, stop="none", **SMALL
+    )
+    run.wait()
+    lines = speedups(run)
+    assert "probed" in lines["batch size"] and int(lines["batch size"].split()[0]) >= 32
+    assert lines["feature cache"].startswith("on (")
+    assert lines["channels_last"].startswith("on (")
+    assert run.status == "finished" and run.history[-1]["val_acc"] > 0.3
