@@ -277,3 +277,20 @@ def test_on_cuda_the_batch_is_probed_and_features_stay_on_the_device(digits_high
     assert lines["feature cache"].startswith("on (")
     assert lines["channels_last"].startswith("on (")
     assert run.status == "finished" and run.history[-1]["val_acc"] > 0.3
+
+
+def test_a_script_without_a_main_guard_gets_no_workers(tmp_path, monkeypatch):
+    import __main__
+
+    script = tmp_path / "train.py"
+    script.write_text("import nbaccel\nnbaccel.fasttrain('photos', workers=2)\n")
+    monkeypatch.setattr(__main__, "__file__", str(script), raising=False)
+    model = timm.create_model("test_resnet", num_classes=10)
+    transform, _, _ = create_transforms(model, 32, "none")
+    images = TransformedImages(read_object(CountingDigits()), transform)
+    count, why = choose_workers("auto", images, torch.device("cuda"))
+    assert count == 0 and "train.py has no `if __name__ == '__main__':` guard" in why
+    with pytest.raises(ValueError, match="re-import the script train.py"):
+        choose_workers(2, images, torch.device("cuda"))
+    script.write_text("if __name__ == '__main__':\n    pass\n")  # guarded: allowed
+    assert choose_workers(2, images, torch.device("cuda"))[0] == 2

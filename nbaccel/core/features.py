@@ -167,10 +167,6 @@ class FeatureCache:
         )
         return iter(loader)
 
-    def steps_per_epoch(self) -> int:
-        size = len(self.train[1])
-        return size // self.batch_size if size > self.batch_size else 1
-
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         features, labels = self.val
         for start in range(0, len(labels), self.batch_size * 2):

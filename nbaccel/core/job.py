@@ -122,11 +122,12 @@ def prepare_job(config: TrainConfig) -> TrainingJob:
         raise ValueError(f"cache=True, but the features cannot be cached: {why}")
     speedups.append(("feature cache", feature_cache, why))
     datasets = TransformedImages(train, train_tf), TransformedImages(val, eval_tf)
-    image_cache, why = (
-        (False, "cache=False") if config.cache is False else fits_image_cache(datasets)
-    )
     if feature_cache:
         image_cache, why = False, "the features are cached instead"
+    elif config.cache is False:
+        image_cache, why = False, "cache=False"
+    else:
+        image_cache, why = fits_image_cache(datasets)
     if config.cache is True and not (image_cache or feature_cache):
         raise ValueError(f"cache=True, but nothing can be cached: {why}")
     speedups.append(("image cache", image_cache, why))

@@ -129,12 +129,14 @@ def choose_workers(
     dataset class defined in the notebook cannot be loaded by workers.
 
     Raises:
-        ValueError: workers asked for, but the dataset's class lives in the notebook.
+        ValueError: workers asked for, but the dataset's class lives in the notebook, or
+            the main script lacks the `if __name__ == "__main__":` guard.
     """
     user_dataset = dataset.source.dataset
     in_notebook = (
         user_dataset is not None and type(user_dataset).__module__ == "__main__"
     )
+    unguarded = _unguarded_script()
     if requested != "auto":
         if requested and in_notebook:
             raise ValueError(
@@ -142,7 +144,18 @@ def choose_workers(
                 "defined in the notebook, and worker processes cannot import it; move it "
                 "into a .py file next to the notebook and import it, or use workers=0"
             )
+        if requested and unguarded:
+            raise ValueError(
+                f"workers={requested}: worker processes re-import the script {unguarded}, "
+                "which would train again; put its code under "
+                "`if __name__ == '__main__':`, or use workers=0"
+            )
         return int(requested), f"workers={requested} as asked"
+    if unguarded:
+        return (
+            0,
+            f"{unguarded} has no `if __name__ == '__main__':` guard, which workers need",
+        )
     if dataset.cache is not None:
         return 0, "decoded images are cached in memory: faster than starting workers"
     if device.type == "cpu":
