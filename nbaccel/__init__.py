@@ -15,6 +15,7 @@ from nbaccel.core import (
     FreezeOption,
     LayerGroup,
     LoadedModel,
+    OptionSpec,
     Predictions,
     Progress,
     Run,
@@ -29,6 +30,7 @@ from nbaccel.core import (
     fasttrain,
     list_freeze_options,
     list_layer_groups,
+    list_options,
     load,
     parse_stop_rule,
 )
@@ -57,6 +59,7 @@ __all__ = [
     "FreezeOption",
     "LayerGroup",
     "LoadedModel",
+    "OptionSpec",
     "Predictions",
     "Progress",
     "Run",
@@ -72,6 +75,7 @@ __all__ = [
     "fasttrain",
     "list_freeze_options",
     "list_layer_groups",
+    "list_options",
     "load",
     "parse_stop_rule",
 ]

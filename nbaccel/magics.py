@@ -7,7 +7,6 @@ run = %fasttrain ./photos --backbone convnext_tiny --freeze 3 --stop patience:3
 
 from __future__ import annotations
 
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -23,13 +22,30 @@ from nbaccel.core import (
     Run,
     TrainConfig,
     current_run,
+    list_options,
     prepare_comparison,
     prepare_run,
 )
-from nbaccel.ui import ComparisonPanel, Panel, parse_pretrained
+from nbaccel.ui import ComparisonPanel, Panel
 from nbaccel.ui.environment import CHART_BACKENDS
 
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+def _option_flags(function: Any) -> Any:
+    """One flag per fasttrain() option (--batch-size for batch_size), with its help and
+    default, from the option's one definition in TrainConfig."""
+    for spec in reversed(list_options()):
+        help_text = f"{spec.help} (default {_as_flag_text(spec.default)})".replace(
+            "%", "%%"
+        )  # argparse formats help with %
+        function = argument(spec.flag, dest=spec.name, help=help_text)(function)
+    return function
+
+
+def _as_flag_text(value: Any) -> str:
+    """A default as one would type it after the flag: True -> yes, None -> none."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "none" if value is None else str(value)
 
 
 @magics_class
@@ -50,51 +66,7 @@ class FastTrainMagics(Magics):
         "a variable holding (images, labels) or a torch Dataset. Leave out to open the "
         "panel and pick everything there.",
     )
-    @argument("--backbone", help="any timm model name (default resnet18)")
-    @argument(
-        "--pretrained",
-        help="yes (timm's published weights, the default), no (random init) or the path "
-        "of a local weights file",
-    )
-    @argument(
-        "--freeze",
-        help="k freezes the first k layer groups, 0 trains all, all trains the head only, "
-        "auto (default) picks by data size",
-    )
-    @argument("--precision", help="auto (default) | fp32 | bf16 | fp16")
-    @argument(
-        "--stop",
-        help="stopping rule, e.g. patience:3 (default), 'target:val_acc>=0.95 | time:10m', "
-        "epochs:5, none",
-    )
-    @argument("--epochs", help="the epoch budget (default 20)")
-    @argument("--batch-size", dest="batch_size", help="images per step, or auto")
-    @argument("--lr", help="head learning rate, or auto (3e-3)")
-    @argument(
-        "--val", help="fraction held out for validation (default 0.2), or a folder"
-    )
-    @argument(
-        "--image-size",
-        dest="image_size",
-        help="square input size in pixels (default: the backbone's)",
-    )
-    @argument("--device", help="auto (default) | cpu | cuda | cuda:N | mps")
-    @argument("--seed", help="seeds the split, the head, the shuffle (default 0)")
-    @argument(
-        "--augment",
-        help="auto (default: light, or none when only the head trains) | light | flip | none",
-    )
-    @argument(
-        "--cache",
-        help="auto (default) | yes | no: keep decoded images and frozen features in memory",
-    )
-    @argument("--compile", help="auto (default: CUDA, long runs) | yes | no")
-    @argument(
-        "--channels-last",
-        dest="channels_last",
-        help="auto (default: convnets) | yes | no",
-    )
-    @argument("--workers", help="DataLoader worker processes, or auto (default)")
+    @_option_flags
     @argument(
         "--charts",
         default="auto",
@@ -102,7 +74,9 @@ class FastTrainMagics(Magics):
         "and VS Code)",
     )
     @argument(
-        "--wait", action="store_true", help="block the cell until the run has ended"
+        "--wait",
+        action="store_true",
+        help="block the cell until the run has ended (fasttrain(background=False))",
     )
     @argument(
         "--compare",
@@ -173,51 +147,16 @@ class FastTrainMagics(Magics):
         return path
 
     def _keywords(self, args: Any) -> dict:
-        """The flags given, as fasttrain() keywords; TrainConfig checks their values."""
+        """The flags given, as fasttrain() keywords: each option's text read the way its
+        definition says; TrainConfig then checks the values."""
         keywords = {}
-        for name in (
-            "backbone",
-            "freeze",
-            "precision",
-            "stop",
-            "device",
-            "augment",
-            "epochs",
-            "batch_size",
-            "lr",
-            "image_size",
-            "seed",
-            "val",
-        ):
-            value = getattr(args, name)
-            if value is not None:
-                keywords[name] = _number(value)
-        for name in ("cache", "compile", "channels_last", "workers"):
-            value = getattr(args, name)
-            if value is not None:
-                keywords[name] = _SWITCH.get(value.lower(), _number(value))
-        if args.pretrained is not None:
-            keywords["pretrained"] = parse_pretrained(args.pretrained)
+        for spec in list_options():
+            text = getattr(args, spec.name)
+            if text is not None:
+                keywords[spec.name] = spec.parse(text)
         if isinstance(keywords.get("val"), str):
             keywords["val"] = self._data(keywords["val"])
         return keywords
-
-
-_SWITCH = {
-    "yes": True,
-    "true": True,
-    "on": True,
-    "no": False,
-    "false": False,
-    "off": False,
-}
-
-
-def _number(text: str) -> Any:
-    """ "3" -> 3, "3e-4" -> 0.0003, anything else stays text (and TrainConfig says why)."""
-    if not _NUMBER.fullmatch(text):
-        return text
-    return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
 
 
 def load_ipython_extension(shell: Any) -> None:

@@ -4,20 +4,30 @@ and the measured breakdown by cause."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import nbaccel
 from nbaccel.core.calibration import calibrate
 from nbaccel.core.config import TrainConfig
 from nbaccel.core.events import Progress, RunEnded, SavingsUpdated
-from nbaccel.core.job import prepare_job
+from nbaccel.core.loaders import create_loaders
+from nbaccel.core.prepare import prepare_plan
 from tests.conftest import SMALL, wait_for
 
 RESNET = dict(backbone="resnet18", image_size=32, pretrained=False)
 
 
+def calibrate_plan(plan):
+    """The calibration as the training thread runs it, on the plan's own loaders."""
+    loaders = create_loaders(
+        plan.train, plan.val, 32, plan.device, 0, torch.Generator().manual_seed(0)
+    )
+    return calibrate(plan, plan.model, *loaders)
+
+
 def test_calibration_on_cpu_gives_positive_consistent_step_times(digits_high):
-    job = prepare_job(TrainConfig(digits_high, freeze="all", **RESNET))
-    first, second = calibrate(job), calibrate(job)
+    plan = prepare_plan(TrainConfig(digits_high, freeze="all", **RESNET))
+    first, second = calibrate_plan(plan), calibrate_plan(plan)
     for cal in (first, second):
         steps = (cal.baseline_step_s, cal.frozen_fp32_step_s, cal.own_step_s)
         assert all(s > 0 for s in steps) and cal.train_data_s > 0
@@ -32,12 +42,12 @@ def test_calibration_on_cpu_gives_positive_consistent_step_times(digits_high):
 
 
 def test_calibration_leaves_the_model_untouched(digits_high):
-    job = prepare_job(TrainConfig(digits_high, **SMALL, pretrained=False))
-    before = {k: v.clone() for k, v in job.model.state_dict().items()}
-    calibrate(job)
-    after = job.model.state_dict()
+    plan = prepare_plan(TrainConfig(digits_high, **SMALL, pretrained=False))
+    before = {k: v.clone() for k, v in plan.model.state_dict().items()}
+    calibrate_plan(plan)
+    after = plan.model.state_dict()
     assert all(before[k].equal(after[k]) for k in before)
-    assert all(p.requires_grad for p in job.model.parameters())  # freeze 0 kept
+    assert all(p.requires_grad for p in plan.model.parameters())  # freeze 0 kept
 
 
 def test_head_only_run_projects_a_baseline_longer_than_itself(digits_high):

@@ -16,14 +16,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import nbaccel
+from nbaccel.core.compiling import decide_compile
 from nbaccel.core.config import TrainConfig
 from nbaccel.core.data import read_object
 from nbaccel.core.events import Progress, RunStarted
-from nbaccel.core.features import plan_feature_cache
-from nbaccel.core.job import prepare_job
-from nbaccel.core.loaders import TransformedImages, choose_workers, create_transforms
+from nbaccel.core.features import decide_feature_cache
+from nbaccel.core.layout import decide_channels_last
+from nbaccel.core.loaders import TransformedImages, create_transforms, decide_workers
 from nbaccel.core.memory import batch_size_limit, probe_batch_size
-from nbaccel.core.speedups import resolve_channels_last, resolve_compile
+from nbaccel.core.prepare import prepare_plan
 from nbaccel.core.start import prepare_run
 from tests.conftest import SMALL
 
@@ -71,14 +72,13 @@ def test_cached_features_train_the_head_exactly_as_the_images_do(
     ],
 )
 def test_the_run_says_why_features_are_not_cached(digits_high, choices, why):
-    job = prepare_job(TrainConfig(digits_high, pretrained=False, **SMALL, **choices))
-    used = {name: (on, text) for name, on, text in job.speedups}
-    assert used["feature cache"][0] is False and why in used["feature cache"][1]
+    plan = prepare_plan(TrainConfig(digits_high, pretrained=False, **SMALL, **choices))
+    assert plan.feature_cache.value is False and why in plan.feature_cache.why
 
 
 def test_cache_true_refuses_what_cannot_be_cached(digits_high):
     with pytest.raises(ValueError, match="cache=True, but the features cannot be"):
-        prepare_job(
+        prepare_plan(
             TrainConfig(
                 digits_high, pretrained=False, freeze="all", augment="flip", cache=True
             )
@@ -87,10 +87,10 @@ def test_cache_true_refuses_what_cannot_be_cached(digits_high):
 
 def test_dropout_before_the_classifier_rules_out_the_cache():
     model = timm.create_model("test_vit", num_classes=3, drop_path_rate=0.1)
-    used, why = plan_feature_cache(
+    decision = decide_feature_cache(
         "auto", model, True, "none", 100, (3, 32, 32), torch.device("cpu")
     )
-    assert not used and "dropout" in why
+    assert not decision.value and "dropout" in decision.why
 
 
 class CountingDigits(Dataset):
@@ -149,10 +149,13 @@ def test_a_dataset_class_from_the_notebook_gets_no_workers():
     model = timm.create_model("test_resnet", num_classes=10)
     transform, _, _ = create_transforms(model, 32, "none")
     images = TransformedImages(read_object(notebook_class()), transform)
-    count, why = choose_workers("auto", images, torch.device("cuda"))
-    assert count == 0 and "NotebookDigits is defined in the notebook" in why
+    workers = decide_workers("auto", images, torch.device("cuda"))
+    assert (
+        workers.value == 0
+        and "NotebookDigits is defined in the notebook" in workers.why
+    )
     with pytest.raises(ValueError, match="move it into a .py file"):
-        choose_workers(2, images, torch.device("cuda"))
+        decide_workers(2, images, torch.device("cuda"))
 
 
 def test_out_of_memory_splits_the_batch_and_the_run_goes_on(digits_high):
@@ -171,7 +174,7 @@ def test_out_of_memory_splits_the_batch_and_the_run_goes_on(digits_high):
         if args[0].shape[0] > 8:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    run._job.model.register_forward_pre_hook(small_memory)
+    run._plan.model.register_forward_pre_hook(small_memory)
     run.start().wait()
     notes = [e.note for e in run.events if isinstance(e, Progress) and e.note]
     assert notes[:2] == [
@@ -198,26 +201,37 @@ def test_the_batch_size_probe_finds_the_largest_that_fits():
     assert batch_size_limit(720) == 64 and batch_size_limit(100_000) == 256
 
 
-def test_auto_compiles_only_long_cuda_runs():
+def a_gpu(monkeypatch, capability=(8, 0), triton=True):
+    """Makes torch.cuda describe a GPU of `capability` (the checks that read it run here)."""
+    import torch.utils._triton
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Tesla P100")
+    monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: triton)
+
+
+def test_auto_compiles_only_long_cuda_runs(monkeypatch):
+    a_gpu(monkeypatch)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert resolve_compile("auto", cuda, 5000, False)[0] is True
-    assert resolve_compile("auto", cuda, 200, False) == (
-        False,
+    assert decide_compile("auto", cuda, 5000, False).value is True
+    assert decide_compile("auto", cuda, 200, False).why == (
         "auto: 200 steps in the epoch budget, under the 1000 that repay compiling "
-        "(compile=True forces it)",
+        "(compile=True forces it)"
     )
-    assert resolve_compile("auto", cpu, 5000, False)[0] is False
-    assert resolve_compile(True, cuda, 5000, True)[0] is False  # only the head runs
-    assert resolve_compile(False, cuda, 5000, False) == (False, "compile=False")
+    assert decide_compile("auto", cuda, 200, False).value is False
+    assert decide_compile("auto", cpu, 5000, False).value is False
+    assert decide_compile(True, cuda, 5000, True).value is False  # only the head runs
+    assert decide_compile(False, cuda, 5000, False).why == "compile=False"
 
 
-def test_channels_last_for_convnets_on_cuda_only():
+def test_channels_last_for_convnets_on_cuda_only(monkeypatch):
+    a_gpu(monkeypatch)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     convnet, vit = timm.create_model("test_resnet"), timm.create_model("test_vit")
-    assert resolve_channels_last("auto", convnet, cuda)[0] is True
-    assert resolve_channels_last("auto", vit, cuda)[0] is False
-    assert resolve_channels_last("auto", convnet, cpu)[0] is False
-    assert resolve_channels_last(True, vit, cpu)[0] is True
+    assert decide_channels_last("auto", convnet, cuda, "bf16").value is True
+    assert decide_channels_last("auto", vit, cuda, "bf16").value is False
+    assert decide_channels_last("auto", convnet, cpu, "fp32").value is False
+    assert decide_channels_last(True, vit, cpu, "fp32").value is True
 
 
 @pytest.mark.slow
@@ -288,9 +302,10 @@ def test_a_script_without_a_main_guard_gets_no_workers(tmp_path, monkeypatch):
     model = timm.create_model("test_resnet", num_classes=10)
     transform, _, _ = create_transforms(model, 32, "none")
     images = TransformedImages(read_object(CountingDigits()), transform)
-    count, why = choose_workers("auto", images, torch.device("cuda"))
-    assert count == 0 and "train.py has no `if __name__ == '__main__':` guard" in why
+    workers = decide_workers("auto", images, torch.device("cuda"))
+    assert workers.value == 0
+    assert "train.py has no `if __name__ == '__main__':` guard" in workers.why
     with pytest.raises(ValueError, match="re-import the script train.py"):
-        choose_workers(2, images, torch.device("cuda"))
+        decide_workers(2, images, torch.device("cuda"))
     script.write_text("if __name__ == '__main__':\n    pass\n")  # guarded: allowed
-    assert choose_workers(2, images, torch.device("cuda"))[0] == 2
+    assert decide_workers(2, images, torch.device("cuda")).value == 2

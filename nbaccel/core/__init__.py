@@ -3,24 +3,26 @@
 from nbaccel.core.compare import Comparison as Comparison
 from nbaccel.core.compare import compare as compare
 from nbaccel.core.compare import prepare_comparison as prepare_comparison
+from nbaccel.core.config import OptionSpec as OptionSpec
 from nbaccel.core.config import TrainConfig as TrainConfig
+from nbaccel.core.config import list_options as list_options
 from nbaccel.core.events import EpochEnded as EpochEnded
 from nbaccel.core.events import Event as Event
 from nbaccel.core.events import Progress as Progress
 from nbaccel.core.events import RunEnded as RunEnded
 from nbaccel.core.events import RunStarted as RunStarted
+from nbaccel.core.events import Savings as Savings
 from nbaccel.core.events import SavingsUpdated as SavingsUpdated
-from nbaccel.core.export import LoadedModel as LoadedModel
-from nbaccel.core.export import Predictions as Predictions
-from nbaccel.core.export import load as load
 from nbaccel.core.model import FreezeOption as FreezeOption
 from nbaccel.core.model import LayerGroup as LayerGroup
 from nbaccel.core.model import list_freeze_options as list_freeze_options
 from nbaccel.core.model import list_layer_groups as list_layer_groups
+from nbaccel.core.predict import Predictions as Predictions
 from nbaccel.core.run import Run as Run
 from nbaccel.core.run import TrainingFailed as TrainingFailed
 from nbaccel.core.run import current_run as current_run
-from nbaccel.core.savings import Savings as Savings
+from nbaccel.core.saving import LoadedModel as LoadedModel
+from nbaccel.core.saving import load as load
 from nbaccel.core.start import fasttrain as fasttrain
 from nbaccel.core.start import prepare_run as prepare_run
 from nbaccel.core.start import start_run as start_run
@@ -32,6 +34,7 @@ __all__ = [
     "Event",
     "FreezeOption",
     "LayerGroup",
+    "OptionSpec",
     "LoadedModel",
     "Predictions",
     "Progress",
@@ -47,6 +50,7 @@ __all__ = [
     "fasttrain",
     "list_freeze_options",
     "list_layer_groups",
+    "list_options",
     "load",
     "parse_stop_rule",
     "prepare_comparison",

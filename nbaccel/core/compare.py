@@ -11,8 +11,8 @@ import dataclasses
 import threading
 from typing import Any, Optional
 
-from nbaccel.core.config import TrainConfig
-from nbaccel.core.job import prepare_job
+from nbaccel.core.config import TrainConfig, check_option_names, signature_with_options
+from nbaccel.core.prepare import prepare_plan
 from nbaccel.core.run import Run, TrainingFailed
 
 
@@ -155,6 +155,11 @@ class Comparison:
         for run in (self.accelerated, self.baseline):
             if self._stopped.is_set():
                 return
+            if run is self.baseline:
+                # The baseline trains at the batch the accelerated run used (and its
+                # projection assumed), on a device the accelerated model has left.
+                self.baseline._use_batch_size(self.accelerated.events[0].batch_size)
+                self.accelerated._offload()
             run.start()
             try:
                 run.wait()
@@ -168,25 +173,25 @@ def compare(
     data: Any,
     target: Optional[float] = None,
     background: bool = True,
-    **fasttrain_kwargs: Any,
+    **options: Any,
 ) -> Comparison:
     """Trains the baseline and the accelerated run for real, one after the other.
 
     The baseline (DESIGN.md) has the same data, backbone, weights, seed and epoch budget,
     every layer trained, fp32, no early stop; the accelerated run is `fasttrain(data,
-    **fasttrain_kwargs)` and projects the baseline's time from its calibration, which the
+    **options)` and projects the baseline's time from its calibration, which the
     baseline's real run then checks.
 
     Args:
         data: as for fasttrain().
         target: the val_acc to time both runs to; by default the lower of their best.
         background: False blocks until both runs have ended.
-        **fasttrain_kwargs: fasttrain()'s keywords, for the accelerated run.
+        **options: fasttrain()'s options, for the accelerated run.
 
     Raises:
         ValueError: a bad choice, before anything trains.
     """
-    comparison = prepare_comparison(data, target, **fasttrain_kwargs).start()
+    comparison = prepare_comparison(data, target, **options).start()
     if not background:
         try:
             comparison.wait()
@@ -197,14 +202,16 @@ def compare(
 
 
 def prepare_comparison(
-    data: Any, target: Optional[float] = None, **fasttrain_kwargs: Any
+    data: Any, target: Optional[float] = None, **options: Any
 ) -> Comparison:
     """compare()'s Comparison, checked and prepared but not started (the magic shows its
     panel first, then starts it)."""
-    fasttrain_kwargs.pop("baseline", None)  # the accelerated run always measures
-    accelerated = prepare_job(TrainConfig(data=data, **fasttrain_kwargs))
+    check_option_names(options)
+    options.pop("baseline", None)  # the accelerated run always measures
+    config = TrainConfig(data=data, **options)
+    accelerated = prepare_plan(config)
     baseline = dataclasses.replace(
-        accelerated.config,
+        config,
         freeze=0,
         precision="fp32",
         stop="none",
@@ -218,7 +225,14 @@ def prepare_comparison(
         channels_last=False,
         fused=False,
     )
-    return Comparison(Run(accelerated), Run(prepare_job(baseline)), target)
+    return Comparison(
+        Run(config, accelerated), Run(baseline, prepare_plan(baseline)), target
+    )
+
+
+compare.__signature__ = signature_with_options(  # type: ignore[attr-defined]
+    compare, before=("data", "target")
+)
 
 
 def _wall_time(run: Run) -> Optional[float]:

@@ -1,168 +1,376 @@
-"""TrainConfig: every choice of a run in one frozen dataclass, checked when it is built."""
+"""TrainConfig: every choice of a run in one frozen dataclass, each defined once.
+
+Each field carries its default, its help, its choices and its check (`option()`).
+fasttrain()'s signature and docs, the %fasttrain flags, the panel's controls and the
+README's option table are all read from these fields (`list_options()`), so they cannot
+drift apart.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
 import os
+import re
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Callable, Optional, Union
 
 from nbaccel.core.stopping import StopRule, parse_stop_rule
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-AUGMENTS = ("auto", "light", "flip", "none")
-SWITCHES = ("auto", True, False)
-BASELINES = ("measure", "off")
 Pretrained = Union[bool, str, "os.PathLike[str]"]
+Check = Callable[[str, Any], Optional[str]]  # (name, value) -> what is wrong, or None
 
 
-@dataclass(frozen=True, eq=False)
-class TrainConfig:
-    """What to train and how. Values equal to "auto" are resolved when the run starts.
+def option(
+    default: Any,
+    help: str,
+    check: Check,
+    choices: tuple = (),
+    parse: Optional[Callable[[str], Any]] = None,
+) -> Any:
+    """A TrainConfig field: its default, a one-line help, its check, the choices a picker
+    offers (empty: free text) and how text (a flag, a text box) becomes a value."""
+    metadata = dict(
+        help=help, check=check, choices=choices, parse=parse or parse_number
+    )
+    return field(default=default, metadata=metadata)
 
-    Raises ValueError from the constructor when a value is malformed; choices that depend on
-    the data, the model or the hardware are checked by `prepare_job`.
-    """
 
-    # A folder (class subfolders, or train/ + val|valid/), an (images, labels) pair, or a
-    # torch Dataset yielding (image, label).
-    data: Any = field(repr=False)
-    # Fraction held out for validation (stratified, seeded), or a second data object.
-    val: Any = field(default=0.2, repr=False)
-    # Any timm model name, e.g. "resnet18", "convnext_tiny", "vit_small_patch16_224".
-    backbone: str = "resnet18"
-    # True: timm's published weights; False: random init; a path: a local weights file.
-    pretrained: Pretrained = True
-    # k: freeze layer groups 0..k-1; 0: train everything; "all": head only; "auto": by rule.
-    freeze: Union[int, str] = "auto"
-    # "auto" picks bf16 on CUDA >= 8.0, fp16 on older CUDA, fp32 on CPU.
-    precision: str = "auto"
-    # Stopping rule text; see nbaccel.core.stopping for the grammar.
-    stop: str = "patience:3"
-    # The epoch budget: the most epochs the run will train.
-    epochs: int = 20
-    # Images per step; "auto" picks one for the device and the data size.
-    batch_size: Union[int, str] = "auto"
-    # Head learning rate; "auto" is 3e-3. Unfrozen backbone groups train at lr/10
-    # when pretrained (large updates would wash out what the weights already know).
-    lr: Union[float, str] = "auto"
-    # Square input size in pixels; None uses the backbone's own default.
-    image_size: Union[int, None] = None
-    # "auto" | "cpu" | "cuda" | "cuda:1" | "mps".
-    device: str = "auto"
-    # Seeds the split, the model's new layers, the shuffle and the augmentation.
-    seed: int = 0
-    # Train-time augmentation: "light" (random crop of 80-100% of the image), "flip"
-    # (light plus horizontal flips), "none"; "auto" is light, or none when only the head
-    # trains (a linear probe: its features can then be computed once and cached). Flips
-    # are never automatic: they change the meaning of text, digits and some medical images.
-    augment: str = "auto"
-    # "measure": time a few baseline steps (every layer trained, fp32) on the real batches
-    # before training, to report the time saved (run.savings); "off": skip that.
-    baseline: str = "measure"
-    # Keep decoded images, and a frozen backbone's features, in memory: "auto" caches what
-    # fits its budget and says why not otherwise; True insists (an error when it cannot);
-    # False never caches.
-    cache: Union[bool, str] = "auto"
-    # torch.compile the model (in the training thread; its compile time is counted):
-    # "auto" compiles on CUDA when the epoch budget is long enough to repay it.
-    compile: Union[bool, str] = "auto"
-    # Channels-last memory layout: "auto" uses it for convolutional backbones.
-    channels_last: Union[bool, str] = "auto"
-    # AdamW's fused kernel (one kernel updates every parameter): "auto" where torch has it.
-    fused: Union[bool, str] = "auto"
-    # DataLoader worker processes, or "auto" (0 when loading in the training thread is
-    # faster: cached images, CPU training, a small dataset).
-    workers: Union[int, str] = "auto"
+# --- text to values (flags and text boxes) ------------------------------------------------
 
-    def __post_init__(self) -> None:
-        _check(
-            isinstance(self.backbone, str) and self.backbone,
-            "backbone must be a timm model name, e.g. 'resnet18'",
-        )
-        _check(
-            isinstance(self.pretrained, (bool, str, os.PathLike)),
-            f"pretrained must be True, False or a weights file path, got {self.pretrained!r}",
-        )
-        if isinstance(self.freeze, str) and self.freeze.strip().isdigit():
-            object.__setattr__(self, "freeze", int(self.freeze))
-        _check(
-            self.freeze in ("auto", "all")
-            or (_is_int(self.freeze) and self.freeze >= 0),
-            f"freeze must be a whole number >= 0, 'all' or 'auto', got {self.freeze!r}",
-        )
-        _check(
-            self.precision in PRECISIONS,
-            f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
-        )
-        _check(
-            _is_int(self.epochs) and self.epochs >= 1,
-            f"epochs must be a whole number >= 1, got {self.epochs!r}",
-        )
-        _check(
-            self.batch_size == "auto"
-            or (_is_int(self.batch_size) and self.batch_size >= 1),
-            f"batch_size must be 'auto' or a whole number >= 1, got {self.batch_size!r}",
-        )
-        _check(
-            self.lr == "auto"
-            or (
-                isinstance(self.lr, (int, float))
-                and not isinstance(self.lr, bool)
-                and self.lr > 0
-            ),
-            f"lr must be 'auto' or a number > 0, got {self.lr!r}",
-        )
-        _check(
-            self.image_size is None
-            or (_is_int(self.image_size) and self.image_size >= 8),
-            f"image_size must be None or a whole number >= 8 pixels, got {self.image_size!r}",
-        )
-        _check(
-            isinstance(self.device, str),
-            f"device must be a string like 'auto', 'cpu' or 'cuda', got {self.device!r}",
-        )
-        _check(_is_int(self.seed), f"seed must be a whole number, got {self.seed!r}")
-        _check(
-            self.augment in AUGMENTS,
-            f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}",
-        )
-        _check(
-            self.baseline in BASELINES,
-            f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}",
-        )
-        for name in ("cache", "compile", "channels_last", "fused"):
-            value = getattr(self, name)
-            _check(
-                any(value is choice or value == choice for choice in SWITCHES)
-                and not _is_int(value),
-                f"{name} must be 'auto', True or False, got {value!r}",
-            )
-        _check(
-            self.workers == "auto" or (_is_int(self.workers) and self.workers >= 0),
-            f"workers must be 'auto' or a whole number >= 0, got {self.workers!r}",
-        )
-        _check(
-            self.val is not None,
-            "val must be a fraction between 0 and 1 (e.g. 0.2) or a data object, got None",
-        )
-        if isinstance(self.val, float) or (
-            _is_int(self.val) and not isinstance(self.val, bool)
-        ):
-            _check(
-                0 < self.val < 1,
-                f"val must be a fraction between 0 and 1 (e.g. 0.2) or a data object, got {self.val!r}",
-            )
-        parse_stop_rule(self.stop)  # a bad rule fails here, naming the bad term
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_WORDS = {
+    "yes": True,
+    "true": True,
+    "on": True,
+    "no": False,
+    "false": False,
+    "off": False,
+}
 
-    @property
-    def stop_rule(self) -> StopRule:
-        return parse_stop_rule(self.stop)
+
+def parse_number(text: str) -> Any:
+    """ "3" -> 3, "3e-4" -> 0.0003, anything else stays text (and the check says why)."""
+    text = str(text).strip()
+    if not _NUMBER.fullmatch(text):
+        return text
+    return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
+
+
+def parse_switch(text: str) -> Any:
+    """ "yes"/"no" (or true/false, on/off) -> True/False; "auto" and numbers as they are."""
+    value = str(text).strip()
+    return _WORDS.get(value.lower(), parse_number(value))
+
+
+def parse_pretrained(text: Union[str, bool, os.PathLike]) -> Pretrained:
+    """ "yes" -> True (timm's published weights), "no" -> False, anything else is a path."""
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip()
+    words = {**_WORDS, "hub": True}
+    return words.get(value.lower(), os.path.expanduser(value))
+
+
+# --- checks --------------------------------------------------------------------------------
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check(ok: Any, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
+def _same(value: Any, choice: Any) -> bool:
+    """`value` is `choice`, without True == 1 or 1.0 == 1 passing for each other."""
+    return type(value) is type(choice) and value == choice
+
+
+def one_of(*choices: Any) -> Check:
+    def check(name: str, value: Any) -> Optional[str]:
+        if any(_same(value, c) for c in choices):
+            return None
+        return f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}"
+
+    return check
+
+
+def whole(minimum: int, auto: bool = False) -> Check:
+    def check(name: str, value: Any) -> Optional[str]:
+        if (auto and value == "auto") or (_is_int(value) and value >= minimum):
+            return None
+        prefix = "'auto' or " if auto else ""
+        return f"{name} must be {prefix}a whole number >= {minimum}, got {value!r}"
+
+    return check
+
+
+def _switch(name: str, value: Any) -> Optional[str]:
+    if value == "auto" or value is True or value is False:
+        return None
+    return f"{name} must be 'auto', True or False, got {value!r}"
+
+
+def _backbone(name: str, value: Any) -> Optional[str]:
+    if isinstance(value, str) and value:
+        return None
+    return "backbone must be a timm model name, e.g. 'resnet18'"
+
+
+def _pretrained(name: str, value: Any) -> Optional[str]:
+    if isinstance(value, (bool, str, os.PathLike)):
+        return None
+    return f"pretrained must be True, False or a weights file path, got {value!r}"
+
+
+def _freeze(name: str, value: Any) -> Optional[str]:
+    if value in ("auto", "all") or (_is_int(value) and value >= 0):
+        return None
+    return f"freeze must be a whole number >= 0, 'all' or 'auto', got {value!r}"
+
+
+def _lr(name: str, value: Any) -> Optional[str]:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if value == "auto" or (number and value > 0):
+        return None
+    return f"lr must be 'auto' or a number > 0, got {value!r}"
+
+
+def _image_size(name: str, value: Any) -> Optional[str]:
+    if value is None or (_is_int(value) and value >= 8):
+        return None
+    return f"image_size must be None or a whole number >= 8 pixels, got {value!r}"
+
+
+def _device(name: str, value: Any) -> Optional[str]:
+    if isinstance(value, str):
+        return None
+    return f"device must be a string like 'auto', 'cpu' or 'cuda', got {value!r}"
+
+
+def _seed(name: str, value: Any) -> Optional[str]:
+    return None if _is_int(value) else f"seed must be a whole number, got {value!r}"
+
+
+def _val(name: str, value: Any) -> Optional[str]:
+    fraction = "val must be a fraction between 0 and 1 (e.g. 0.2) or a data object"
+    if value is None:
+        return f"{fraction}, got None"
+    number = isinstance(value, float) or _is_int(value)
+    if number and not 0 < value < 1:
+        return f"{fraction}, got {value!r}"
+    return None
+
+
+def _stop(name: str, value: Any) -> Optional[str]:
+    parse_stop_rule(value)  # a bad rule raises here, naming the bad term
+    return None
+
+
+def _optional_int(text: str) -> Any:
+    return (
+        None if str(text).strip().lower() in ("", "none", "0") else parse_number(text)
+    )
+
+
+# --- the options ---------------------------------------------------------------------------
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUGMENTS = ("auto", "light", "flip", "none")
+SWITCHES = ("auto", True, False)
+
+
+@dataclass(frozen=True, eq=False)
+class TrainConfig:
+    """What to train and how. Values equal to "auto" are resolved when the run is planned.
+
+    Raises ValueError from the constructor when a value is malformed; choices that depend on
+    the data, the model or the hardware are checked when the run is planned.
+    """
+
+    data: Any = field(repr=False, metadata=dict(help="the images (see fasttrain)"))
+    val: Any = option(
+        0.2,
+        "fraction held out for validation (stratified, seeded), or a second data object",
+        _val,
+    )
+    backbone: str = option(
+        "resnet18",
+        "any timm model name, e.g. resnet18, convnext_tiny, vit_small_patch16_224",
+        _backbone,
+    )
+    pretrained: Pretrained = option(
+        True,
+        "True (timm's published weights), False (random init) or a weights file path",
+        _pretrained,
+        parse=parse_pretrained,
+    )
+    freeze: Union[int, str] = option(
+        "auto",
+        "k freezes layer groups 0..k-1; 0 trains all; 'all' the head only; 'auto' "
+        "picks by data size",
+        _freeze,
+    )
+    precision: str = option(
+        "auto",
+        "'auto' is bf16 on CUDA >= 8.0, fp16 on older CUDA, fp32 on a CPU",
+        one_of(*PRECISIONS),
+        choices=PRECISIONS,
+    )
+    stop: str = option(
+        "patience:3",
+        "stopping rule, e.g. 'patience:3', 'target:val_acc>=0.95 | time:10m', 'none'",
+        _stop,
+    )
+    epochs: int = option(
+        20, "the epoch budget: the most epochs the run trains", whole(1)
+    )
+    batch_size: Union[int, str] = option(
+        "auto",
+        "images per step, or 'auto' (the largest that fits on CUDA; 32 on a CPU)",
+        whole(1, auto=True),
+    )
+    lr: Union[float, str] = option(
+        "auto",
+        "head learning rate, or 'auto' (3e-3; pretrained backbone groups get a tenth)",
+        _lr,
+    )
+    image_size: Optional[int] = option(
+        None,
+        "square input size in pixels; None uses the backbone's default",
+        _image_size,
+        parse=_optional_int,
+    )
+    device: str = option("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", _device)
+    seed: int = option(
+        0, "seeds the split, the new head, the shuffle and the augmentation", _seed
+    )
+    augment: str = option(
+        "auto",
+        "'light' (random crops of 80-100%), 'flip' (crops and horizontal flips), "
+        "'none', or 'auto' (light; none when only the head trains)",
+        one_of(*AUGMENTS),
+        choices=AUGMENTS,
+    )
+    baseline: str = option(
+        "measure",
+        "'measure' times a few baseline steps first, for run.savings; 'off' skips it",
+        one_of("measure", "off"),
+        choices=("measure", "off"),
+    )
+    cache: Union[bool, str] = option(
+        "auto",
+        "keep decoded images and a frozen backbone's features in memory: 'auto' when "
+        "they fit, True insists, False never",
+        _switch,
+        choices=SWITCHES,
+        parse=parse_switch,
+    )
+    compile: Union[bool, str] = option(
+        "auto",
+        "torch.compile in the training thread: 'auto' on CUDA when the epoch budget "
+        "repays it",
+        _switch,
+        choices=SWITCHES,
+        parse=parse_switch,
+    )
+    channels_last: Union[bool, str] = option(
+        "auto",
+        "channels-last memory layout: 'auto' for convnets on GPUs with tensor cores",
+        _switch,
+        choices=SWITCHES,
+        parse=parse_switch,
+    )
+    fused: Union[bool, str] = option(
+        "auto",
+        "AdamW's single-kernel update: 'auto' where torch has one",
+        _switch,
+        choices=SWITCHES,
+        parse=parse_switch,
+    )
+    workers: Union[int, str] = option(
+        "auto",
+        "DataLoader worker processes, or 'auto' (0 where loading in the training "
+        "thread is faster)",
+        whole(0, auto=True),
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.freeze, str) and self.freeze.strip().isdigit():
+            object.__setattr__(self, "freeze", int(self.freeze))
+        for spec in list_options():
+            problem = spec.check(spec.name, getattr(self, spec.name))
+            if problem:
+                raise ValueError(problem)
+
+    @property
+    def stop_rule(self) -> StopRule:
+        return parse_stop_rule(self.stop)
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option as the front ends read it."""
+
+    name: str
+    default: Any
+    help: str
+    choices: tuple
+    check: Check
+    parse: Callable[[str], Any]
+
+    @property
+    def flag(self) -> str:
+        """The %fasttrain flag: batch_size -> --batch-size."""
+        return "--" + self.name.replace("_", "-")
+
+
+def list_options() -> list[OptionSpec]:
+    """Every option of TrainConfig but `data`, in the order defined."""
+    return [
+        OptionSpec(
+            f.name,
+            f.default,
+            f.metadata["help"],
+            f.metadata["choices"],
+            f.metadata["check"],
+            f.metadata["parse"],
+        )
+        for f in dataclasses.fields(TrainConfig)
+        if f.name != "data"
+    ]
+
+
+def check_option_names(names: Any) -> None:
+    """Raises TypeError naming an unknown keyword (and the closest option), as Python does."""
+    known = {spec.name for spec in list_options()}
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"unknown option {name!r}{hint}")
+
+
+def signature_with_options(
+    function: Callable[..., Any], before: tuple[str, ...] = ("data",)
+) -> inspect.Signature:
+    """`function`'s signature with `**options` spelled out, one keyword per option, so that
+    help(), IDEs and `fasttrain?` show every option with its default."""
+    own = inspect.signature(function)
+    params = [p for p in own.parameters.values() if p.kind != p.VAR_KEYWORD]
+    leading = [p for p in params if p.name in before]
+    rest = [p.replace(kind=p.KEYWORD_ONLY) for p in params if p.name not in before]
+    options = [
+        inspect.Parameter(
+            spec.name, inspect.Parameter.KEYWORD_ONLY, default=spec.default
+        )
+        for spec in list_options()
+    ]
+    return own.replace(parameters=[*leading, *options, *rest])
+
+
+def options_doc(indent: str = "        ") -> str:
+    """The options as Google-style `Args:` lines, from their one definition."""
+    lines = []
+    for spec in list_options():
+        lines.append(f"{indent}{spec.name}: {spec.help} (default {spec.default!r}).")
+    return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Loaders: timm's transforms for the backbone, the decoded-image cache, the batch size, the
-worker processes, and the DataLoaders.
+worker processes, and the DataLoaders; each of the two speed-ups here (the image cache and
+the workers) is decided and applied in this module.
 
 Transforms come from timm's own data config for the model, so the pixels a model sees match
 what its weights were trained on.
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from nbaccel.core.data import ImageSource
+from nbaccel.core.decision import Decision
 
 IMAGE_CACHE_BYTES = 2 * 1024**3  # decoded images kept in memory, train and val together
 WORKER_START_S = 2.0  # about what starting worker processes costs (each imports torch)
@@ -64,19 +66,35 @@ def split_transform(transform: Any) -> tuple[Any, Any]:
     return T.Compose(steps[:cut]), T.Compose(steps[cut:])
 
 
-def fits_image_cache(datasets: tuple[TransformedImages, ...]) -> tuple[bool, str]:
-    """Whether the cached images of `datasets` fit IMAGE_CACHE_BYTES, estimated from each
-    one's first image as it would be kept; and why."""
+def decide_image_cache(
+    requested: Any, datasets: tuple[TransformedImages, ...], feature_cache: Decision
+) -> Decision:
+    """Keep decoded images in memory when they fit IMAGE_CACHE_BYTES (estimated from each
+    dataset's first image as it would be kept), unless the features are cached instead.
+
+    Raises:
+        ValueError: cache=True, but neither the features nor the images can be cached.
+    """
+    name = "image cache"
+    if feature_cache.value:
+        return Decision(name, False, "the features are cached instead")
+    if requested is False:
+        return Decision(name, False, "cache=False")
     needed = 0
     for dataset in datasets:
         first = dataset.prefix(dataset.source.load(0))
         needed += len(dataset) * first.width * first.height * 3
     if needed > IMAGE_CACHE_BYTES:
-        return False, (
+        why = (
             f"the decoded images need ~{needed / 1024**3:.1f} GiB, over the "
             f"{IMAGE_CACHE_BYTES / 1024**3:.0f} GiB budget: read from the source each epoch"
         )
-    return True, f"decoded once, ~{needed / 1024**2:.0f} MiB kept in memory"
+        if requested is True:
+            raise ValueError(f"cache=True, but nothing can be cached: {why}")
+        return Decision(name, False, why)
+    return Decision(
+        name, True, f"decoded once, ~{needed / 1024**2:.0f} MiB kept in memory"
+    )
 
 
 def create_transforms(
@@ -111,18 +129,10 @@ def create_transforms(
     return train_transform, eval_transform, config
 
 
-def resolve_batch_size(requested: Any, device: torch.device, train_size: int) -> int:
-    """Images per step: "auto" is 64 on a GPU and 32 on a CPU; never above the data."""
-    size = (
-        (64 if device.type != "cpu" else 32) if requested == "auto" else int(requested)
-    )
-    return max(1, min(size, train_size))
-
-
-def choose_workers(
+def decide_workers(
     requested: Any, dataset: TransformedImages, device: torch.device
-) -> tuple[int, str]:
-    """(worker processes, why) for loading `dataset`.
+) -> Decision:
+    """The DataLoader worker processes for loading `dataset`.
 
     Workers start with forkserver (spawn off Linux), never fork: forking a kernel that runs
     threads can copy a held lock and deadlock. Those methods pickle the dataset, so a
@@ -150,38 +160,42 @@ def choose_workers(
                 "which would train again; put its code under "
                 "`if __name__ == '__main__':`, or use workers=0"
             )
-        return int(requested), f"workers={requested} as asked"
+        return Decision("workers", int(requested), f"workers={requested} as asked")
     if unguarded:
-        return (
-            0,
-            f"{unguarded} has no `if __name__ == '__main__':` guard, which workers need",
+        why = (
+            f"{unguarded} has no `if __name__ == '__main__':` guard, which workers need"
         )
+        return Decision("workers", 0, why)
     if dataset.cache is not None:
-        return 0, "decoded images are cached in memory: faster than starting workers"
+        why = "decoded images are cached in memory: faster than starting workers"
+        return Decision("workers", 0, why)
     if device.type == "cpu":
-        return 0, "training on the CPU uses every core: workers would compete with it"
+        why = "training on the CPU uses every core: workers would compete with it"
+        return Decision("workers", 0, why)
     if in_notebook:
-        return 0, (
+        why = (
             f"{type(user_dataset).__name__} is defined in the notebook, so worker "
             "processes cannot import it (move it to a .py file to load in parallel)"
         )
+        return Decision("workers", 0, why)
     started = time.perf_counter()
     sample = min(4, len(dataset))
     for index in range(sample):
         dataset[index]
     epoch_s = (time.perf_counter() - started) / sample * len(dataset)
     if epoch_s < WORKER_START_S:
-        return (
-            0,
-            f"reading an epoch takes ~{epoch_s:.1f} s here: less than starting workers",
+        why = (
+            f"reading an epoch takes ~{epoch_s:.1f} s here: less than starting workers"
         )
+        return Decision("workers", 0, why)
     cores = (
         len(os.sched_getaffinity(0))
         if hasattr(os, "sched_getaffinity")
         else os.cpu_count()
     )
     count = max(0, min(MAX_WORKERS, (cores or 1) - 1))
-    return count, f"{count} workers (one core left for the training thread)"
+    why = f"{count} workers (one core left for the training thread)"
+    return Decision("workers", count, why)
 
 
 def _unguarded_script() -> Optional[str]:

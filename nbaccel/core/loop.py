@@ -1,6 +1,8 @@
 """The training loop: one plain epoch loop, run on the training thread.
 
-It talks to the world only through `emit(event)` and reads only the `Control` flags.
+It talks to the world only through `emit(...)` and reads only the `Control` flags. It
+trains and reports what it measured; the time saved is derived from those reports by the
+publisher (savings.py), not here.
 """
 
 from __future__ import annotations
@@ -9,103 +11,155 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from functools import partial
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
 
-from nbaccel.core.accelerate import Trainee, accelerate, fit_batch_size
-from nbaccel.core.calibration import Calibration, calibrate
+from nbaccel.core.calibration import calibrate
+from nbaccel.core.compiling import (
+    compile_model,
+    compile_seconds,
+    compile_slot,
+    decide_compile,
+)
 from nbaccel.core.control import Control
-from nbaccel.core.events import EpochEnded, Event, Progress, RunStarted, SavingsUpdated
-from nbaccel.core.job import TrainingJob, describe_start
-from nbaccel.core.memory import retry_smaller
-from nbaccel.core.model import best_state_copy, set_train_mode
+from nbaccel.core.decision import Decision
+from nbaccel.core.events import (
+    Acceleration,
+    Calibration,
+    EpochEnded,
+    Measured,
+    Progress,
+    RunStarted,
+)
+from nbaccel.core.features import FeatureCache
+from nbaccel.core.layout import place_model, restore_layout, tuned_kernels
+from nbaccel.core.loaders import create_loaders
+from nbaccel.core.memory import MicroBatches, fit_batch_size
+from nbaccel.core.model import best_state_copy, count_params, set_train_mode
 from nbaccel.core.optimizer import create_optimizer, lr_factor, set_learning_rate
+from nbaccel.core.plan import Plan
 from nbaccel.core.precision import create_grad_scaler
-from nbaccel.core.savings import estimate_savings
-from nbaccel.core.steps import eval_step, train_step
+from nbaccel.core.steps import eval_step, forward_backward, optimizer_step
 from nbaccel.core.stopping import is_better
+from nbaccel.core.timing import now, release
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_EVERY = (
-    10  # steps between Progress events: the only host syncs inside an epoch
-)
+PROGRESS_EVERY = 10  # steps between Progress events: the only host syncs in an epoch
+Emit = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class Trainee:
+    """What the epochs run on, once compiled or cached."""
+
+    # What a step calls: the model, its compiled wrapper, or its classifier (on features)
+    step_module: nn.Module
+    train_batches: Callable[[], Iterable]
+    val_batches: Callable[[], Iterable]
+    steps_per_epoch: int
+    memory_format: torch.memory_format
+    acceleration: Acceleration  # what compiling or caching cost and saves
 
 
 def run_training(
-    job: TrainingJob, emit: Callable[[Event], None], control: Control
+    plan: Plan, emit: Emit, control: Control
 ) -> tuple[str, str, Optional[int]]:
-    """Trains `job.model` in place. Returns (status, reason, best epoch or None)."""
-    # 1. Set up on this thread: seed, device and memory layout, the batch size that fits.
-    seed_everything(job.config.seed)
+    """Trains `plan.model` in place. Returns (status, reason, best epoch or None)."""
+    # 1. Set up on this thread: seed, the model on its device in its layout, the batch
+    # size that fits, the loaders, and whether compiling pays at that batch size.
+    seed_everything(plan.seed)
     control.start_clock()
-    model = job.model.to(job.device, memory_format=job.memory_format)
-    fit_batch_size(job, model)
-    emit(RunStarted(**describe_start(job)))
-    history: list[dict] = []
-    # 2. Time the baseline's steps and this run's; compile; cache the frozen features. All
-    # of it counts in elapsed. Then seed again: none of it may change the run.
-    calibration = measure_baseline(job, control)
-    trainee = accelerate(job, model, control.stop_requested.is_set)
-    if trainee is None:
-        return "stopped", "user", None
-    seed_everything(job.config.seed)
-    optimizer = create_optimizer(model, job.head_lr, job.backbone_lr, job.fused)
-    scaler = create_grad_scaler(job.device, job.precision)
-
-    def report_savings(end_reason: Optional[str] = None) -> None:
+    model = place_model(plan.model, plan.device, plan.channels_last.value)
+    batch = fit_batch_size(plan, model)
+    loaders = create_loaders(
+        plan.train,
+        plan.val,
+        batch.value,
+        plan.device,
+        plan.workers.value,
+        torch.Generator().manual_seed(plan.seed),
+    )
+    steps = plan.epochs * len(loaders[0])
+    wanted = decide_compile(plan.compile, plan.device, steps, plan.feature_cache.value)
+    with compile_slot(wanted) as compiled, tuned_kernels(plan.device):
+        emit(RunStarted(**describe_start(plan, batch, compiled, *loaders)))
+        # 2. Time the baseline's steps and this run's; compile; cache the frozen
+        # features. All of it counts in elapsed. Then seed again: none of it may
+        # change the run.
+        calibration = measure_baseline(plan, model, loaders, control)
+        compiled_before = compile_seconds()
+        trainee = prepare_trainee(plan, model, loaders, compiled, emit, control)
+        if trainee is None:
+            return "stopped", "user", None
         if calibration is not None:
-            emit(
-                savings_update(job, calibration, trainee, history, control, end_reason)
+            emit(Measured(calibration, trainee.acceleration, control.elapsed()))
+        seed_everything(plan.seed)
+        optimizer = create_optimizer(
+            model, plan.head_lr, plan.backbone_lr, plan.fused.value
+        )
+        scaler = create_grad_scaler(plan.device, plan.precision)
+        micro = MicroBatches(batch.value, plan.device)
+        history: list[dict] = []
+        best_state, best_epoch, reason = None, None, "epochs"
+        for epoch in range(1, plan.epochs + 1):
+            # 3. Train one epoch, then 4. evaluate on the held-out images. Stop
+            # requests, the time budget and NaN are checked between steps.
+            started = time.perf_counter()
+            interrupted, last = train_epoch(
+                model, trainee, optimizer, scaler, micro, plan, epoch, emit, control
             )
-
-    report_savings()
-    best_state, best_epoch, reason = None, None, "epochs"
-    for epoch in range(1, job.config.epochs + 1):
-        # 3. Train one epoch, then 4. evaluate on the held-out images. Stop requests, the
-        # time budget and NaN are checked between steps.
-        epoch_started = time.perf_counter()
-        interrupted, train_loss, images_per_s = train_epoch(
-            trainee, optimizer, scaler, job, epoch, emit, control
+            if not interrupted:
+                interrupted, val_loss, val_acc = evaluate(
+                    model, trainee, micro, plan, control, emit, last
+                )
+            if interrupted:
+                reason = interrupted
+                break
+            # 5. Record the epoch; keep a host copy of the best weights so far.
+            row = dict(
+                epoch=epoch,
+                train_loss=last.train_loss,
+                val_loss=val_loss,
+                val_acc=val_acc,
+                images_per_s=last.images_per_s,
+                epoch_s=time.perf_counter() - started,
+                elapsed_s=control.elapsed(),
+            )
+            history.append(row)
+            monitor = plan.stop_rule.monitor
+            is_best = best_epoch is None or is_better(
+                monitor, row[monitor], history[best_epoch - 1][monitor]
+            )
+            if is_best:
+                best_state, best_epoch = best_state_copy(model), epoch
+            emit(EpochEnded(**row, is_best=is_best))
+            # 6. Ask the stopping rules; the epoch budget ends the loop by itself.
+            fired = plan.stop_rule.check(history, control.elapsed())
+            if fired:
+                reason = fired
+                break
+        # 7. Report compiling that went on during training (a new micro-batch shape);
+        # restore the best epoch's weights, in the default memory layout.
+        recompiled = (
+            compile_seconds() - compiled_before - trainee.acceleration.compile_s
         )
-        if not interrupted:
-            interrupted, val_loss, val_acc = evaluate(trainee, job, control, emit)
-        if interrupted:
-            reason = interrupted
-            break
-        # 5. Record the epoch; keep a host copy of the best weights so far.
-        row = dict(
-            epoch=epoch,
-            train_loss=train_loss,
-            val_loss=val_loss,
-            val_acc=val_acc,
-            images_per_s=images_per_s,
-            epoch_s=time.perf_counter() - epoch_started,
-            elapsed_s=control.elapsed(),
-        )
-        history.append(row)
-        monitor = job.stop_rule.monitor
-        is_best = best_epoch is None or is_better(
-            monitor, row[monitor], history[best_epoch - 1][monitor]
-        )
-        if is_best:
-            best_state, best_epoch = best_state_copy(model), epoch
-        emit(EpochEnded(**row, is_best=is_best))
-        report_savings()
-        # 6. Ask the stopping rules; the epoch budget ends the loop by itself.
-        fired = job.stop_rule.check(history, control.elapsed())
-        if fired:
-            reason = fired
-            break
-    # 7. Report the measured savings; restore the best epoch's weights, in the default
-    # memory layout (what saving and exporting expect).
-    report_savings(reason)
+        if calibration is not None and compiled.value and recompiled > 0.01:
+            acceleration = replace(
+                trainee.acceleration,
+                compile_s=trainee.acceleration.compile_s + recompiled,
+            )
+            emit(Measured(calibration, acceleration, control.elapsed()))
     if best_state is not None:
         model.load_state_dict(best_state)
-    model.to(memory_format=torch.contiguous_format).eval()
+    restore_layout(model).eval()
     return ("stopped" if reason == "user" else "finished"), reason, best_epoch
 
 
@@ -115,127 +169,213 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def measure_baseline(job: TrainingJob, control: Control) -> Optional[Calibration]:
-    """The calibration, unless baseline="off", a stop came first, or the copies did not fit
-    in memory (the run goes on without savings)."""
-    if job.config.baseline == "off":
+def describe_start(
+    plan: Plan,
+    batch: Decision,
+    compiled: Decision,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+) -> dict:
+    """The RunStarted fields: the plan, and what this thread decided (batch, compile)."""
+    decisions = (
+        plan.feature_cache,
+        plan.image_cache,
+        plan.workers,
+        compiled,
+        plan.channels_last,
+        plan.fused,
+        batch,
+    )
+    return dict(
+        backbone=plan.backbone,
+        pretrained=plan.weights,
+        device=str(plan.device),
+        precision=plan.precision,
+        freeze_depth=plan.freeze_depth,
+        freeze_reason=plan.freeze_reason,
+        layer_groups=tuple(g.name for g in plan.groups),
+        trainable_params=count_params(plan.model, trainable_only=True),
+        total_params=count_params(plan.model),
+        class_names=plan.class_names,
+        train_images=len(plan.train),  # type: ignore[arg-type]
+        val_images=len(plan.val),  # type: ignore[arg-type]
+        batch_size=batch.value,
+        epochs=plan.epochs,
+        steps_per_epoch=len(train_loader),
+        head_lr=plan.head_lr,
+        backbone_lr=plan.backbone_lr,
+        stop=plan.stop_rule.text,
+        image_size=int(plan.data_config["input_size"][-1]),
+        augment=plan.augment,
+        speedups=tuple(decision.line() for decision in decisions),
+        val_batches=len(val_loader),
+    )
+
+
+def measure_baseline(
+    plan: Plan, model: nn.Module, loaders: tuple, control: Control
+) -> Optional[Calibration]:
+    """The calibration, unless baseline="off", a stop came first, or not even one image
+    fits in GPU memory for the baseline (the run goes on without savings)."""
+    if not plan.measure_baseline:
         return None
     try:
-        return calibrate(job, control.stop_requested.is_set)
+        return calibrate(plan, model, *loaders, control.stop_requested.is_set)
     except torch.cuda.OutOfMemoryError:
-        logger.warning(
-            "not enough GPU memory to time the baseline; savings not measured"
-        )
-        return None
+        pass
+    release(plan.device)  # after the except block, which held the failed step
+    logger.warning("not enough GPU memory to time the baseline; savings not measured")
+    return None
 
 
-def savings_update(
-    job: TrainingJob,
-    calibration: Calibration,
-    trainee: Trainee,
-    history: list[dict],
+def prepare_trainee(
+    plan: Plan,
+    model: nn.Module,
+    loaders: tuple[DataLoader, DataLoader],
+    compiled: Decision,
+    emit: Emit,
     control: Control,
-    end_reason: Optional[str],
-) -> SavingsUpdated:
-    return SavingsUpdated(
-        estimate_savings(
-            calibration,
-            steps_per_epoch=len(job.train_loader),
-            val_batches=len(job.val_loader),
-            freeze_depth=job.freeze_depth,
-            precision=job.precision,
-            history=history,
-            elapsed_s=control.elapsed(),
-            budget=job.config.epochs,
-            end_reason=end_reason,
-            acceleration=trainee.measured,
+) -> Optional[Trainee]:
+    """Compiles the model, or fills the feature cache, as decided. None if a stop came."""
+    train_loader, val_loader = loaders
+    steps = len(train_loader)
+    if plan.feature_cache.value:
+        started = time.perf_counter()
+        cache = FeatureCache.fill(
+            model,
+            train_loader,
+            val_loader,
+            plan.device,
+            plan.precision,
+            control.stop_requested.is_set,
         )
+        if cache is None:
+            return None
+        filled = Acceleration(cache_fill_s=now(plan.device) - started)
+        classifier = model.get_classifier()
+        return Trainee(
+            classifier,
+            cache.train_batches,
+            cache.val_batches,
+            steps,
+            torch.preserve_format,
+            filled,
+        )
+    module, compile_s, gain = model, 0.0, 0.0
+    if compiled.value:
+        strict = plan.compile is True
+        module, compile_s, gain, note = compile_model(
+            plan, model, train_loader, val_loader, strict
+        )
+        if note:
+            emit(Progress(1, 0, steps, math.nan, 0.0, control.elapsed(), note=note))
+    return Trainee(
+        module,
+        lambda: train_loader,
+        lambda: val_loader,
+        steps,
+        plan.memory_format,
+        Acceleration(
+            image_cache=plan.image_cache.value,
+            compile_s=compile_s,
+            compile_gain_s=gain,
+        ),
     )
 
 
 def train_epoch(
+    model: nn.Module,
     trainee: Trainee,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    job: TrainingJob,
+    micro: MicroBatches,
+    plan: Plan,
     epoch: int,
-    emit: Callable[[Event], None],
+    emit: Emit,
     control: Control,
-) -> tuple[Optional[str], float, float]:
-    """One pass over the training data. Returns (interruption reason or None, mean loss, images/s)."""
-    set_train_mode(trainee.model)
-    steps = len(job.train_loader)
-    first_step, total_steps = (epoch - 1) * steps, job.config.epochs * steps
-    time_limit = job.stop_rule.time_limit_s
-    # Summed on the device: no host sync per step.
-    loss_sum = torch.zeros((), device=job.device)
-    images, mean_loss, started = 0, math.nan, time.perf_counter()
+) -> tuple[Optional[str], Progress]:
+    """One pass over the training data. Returns (the interruption's reason or None, the
+    epoch's last Progress: its mean loss and images/s)."""
+    set_train_mode(model)
+    steps = trainee.steps_per_epoch
+    first_step, total_steps = (epoch - 1) * steps, plan.epochs * steps
+    time_limit = plan.stop_rule.time_limit_s
+    loss_sum = torch.zeros((), device=plan.device)  # summed on the device: no sync
+    images, started = 0, time.perf_counter()
+    last = Progress(epoch, 0, steps, math.nan, 0.0, control.elapsed())
 
-    def note(text: str) -> None:
-        emit(Progress(epoch, step, steps, mean_loss, 0.0, control.elapsed(), note=text))
+    def on_split(text: str) -> None:  # a change of course: the latest figures, a note
+        emit(replace(last, elapsed_s=control.elapsed(), note=text))
+
+    def clear_gradients() -> None:
+        optimizer.zero_grad(set_to_none=True)
 
     for step, (inputs, targets) in enumerate(trainee.train_batches(), start=1):
         if control.should_stop():
-            return "user", mean_loss, 0.0
+            return "user", last
         if time_limit is not None and control.elapsed() >= time_limit:
-            return "time", mean_loss, 0.0
+            return "time", last
         set_learning_rate(optimizer, lr_factor(first_step + step - 1, total_steps))
-        loss_sum += retry_smaller(
-            job,
-            partial(
-                train_step,
-                trainee.module,
-                optimizer,
-                scaler,
-                inputs,
-                targets,
-                job.device,
-                job.precision,
-                memory_format=trainee.memory_format,
-            ),
-            note,
+        gradients = partial(
+            forward_backward,
+            trainee.step_module,
+            scaler,
+            inputs,
+            targets,
+            plan.device,
+            plan.precision,
+            memory_format=trainee.memory_format,
         )
+        # Out of memory, only the forward and backward are repeated, in pieces.
+        loss_sum += micro.run(gradients, on_split, clear_gradients)
+        optimizer_step(optimizer, scaler)
         images += len(targets)
         if step % PROGRESS_EVERY == 0 or step == steps:
-            # The host sync, once per PROGRESS_EVERY steps.
-            mean_loss = loss_sum.item() / step
+            mean_loss = loss_sum.item() / step  # the host sync, once in a while
             if not math.isfinite(mean_loss):
-                return "nan", mean_loss, 0.0
+                return "nan", last
             speed = images / (time.perf_counter() - started)
-            emit(Progress(epoch, step, steps, mean_loss, speed, control.elapsed()))
-    return None, mean_loss, images / (time.perf_counter() - started)
+            last = Progress(epoch, step, steps, mean_loss, speed, control.elapsed())
+            emit(last)
+    return None, last
 
 
 @torch.no_grad()
 def evaluate(
-    trainee: Trainee, job: TrainingJob, control: Control, emit: Callable[[Event], None]
+    model: nn.Module,
+    trainee: Trainee,
+    micro: MicroBatches,
+    plan: Plan,
+    control: Control,
+    emit: Emit,
+    last: Progress,
 ) -> tuple[Optional[str], float, float]:
     """(interruption reason or None, mean loss, accuracy) on the validation data: "user"
-    when a stop was asked for, "nan" when the loss is not finite."""
-    trainee.model.eval()
-    loss_sum = torch.zeros((), device=job.device)
-    correct = torch.zeros((), device=job.device, dtype=torch.long)
+    when a stop was asked for, "nan" when the loss is not finite. `last` is the epoch's
+    last Progress, repeated with a note if the validation batches must be split."""
+    model.eval()
+    loss_sum = torch.zeros((), device=plan.device)
+    correct = torch.zeros((), device=plan.device, dtype=torch.long)
     count = 0
 
-    def note(text: str) -> None:
-        emit(Progress(0, 0, 0, math.nan, 0.0, control.elapsed(), note=text))
+    def on_split(text: str) -> None:
+        emit(replace(last, elapsed_s=control.elapsed(), note=text))
 
     for inputs, targets in trainee.val_batches():
         if control.should_stop():
             return "user", math.nan, math.nan
-        logits = retry_smaller(
-            job,
+        logits = micro.run(
             partial(
                 eval_step,
-                trainee.module,
+                trainee.step_module,
                 inputs,
-                job.device,
-                job.precision,
+                plan.device,
+                plan.precision,
                 memory_format=trainee.memory_format,
             ),
-            note,
+            on_split,
         )
-        targets = targets.to(job.device, non_blocking=True)
+        targets = targets.to(plan.device, non_blocking=True)
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum")
         correct += (logits.argmax(dim=1) == targets).sum()
         count += len(targets)

@@ -1,25 +1,24 @@
-"""GPU memory: batch_size="auto" (the largest batch that fits, probed), and going on after an
-out-of-memory error by splitting each batch into micro-batches (gradient accumulation), so the
-effective batch, and with it the learning dynamics, stay the same.
+"""GPU memory: batch_size="auto" (the largest batch that fits, probed on a copy), and going
+on after an out-of-memory error by splitting each batch into micro-batches (gradient
+accumulation), so the effective batch, and with it the learning dynamics, stay the same.
 """
 
 from __future__ import annotations
 
-import copy
-import gc
 import math
-from typing import Any, Callable, TypeVar
+from typing import Callable, TypeVar
 
 import torch
 from torch import nn
 
-from nbaccel.core.model import set_train_mode
+from nbaccel.core.decision import Decision
 from nbaccel.core.optimizer import create_optimizer
-from nbaccel.core.precision import create_grad_scaler
-from nbaccel.core.steps import train_step
+from nbaccel.core.plan import Plan
+from nbaccel.core.steps import trial_step
+from nbaccel.core.timing import release, synchronize
 
 MAX_AUTO_BATCH = (
-    256  # larger batches rarely train better, and starve small datasets of steps
+    256  # larger batches rarely train better, and starve small data of steps
 )
 MIN_STEPS_PER_EPOCH = 8  # "auto" keeps at least this many steps in an epoch
 T = TypeVar("T")
@@ -48,7 +47,8 @@ def probe_batch_size(
             if fits(size):
                 return size, f"auto: {size * 2} images did not fit in GPU memory"
         raise MemoryError(
-            "not even one image per step fits in GPU memory; use a smaller backbone or image_size"
+            "not even one image per step fits in GPU memory; use a smaller backbone or "
+            "image_size"
         )
     while size * 2 <= limit and fits(size * 2):
         size *= 2
@@ -58,64 +58,95 @@ def probe_batch_size(
     return size, f"auto: the largest that fits in GPU memory, probed ({reason})"
 
 
-def fits_in_memory(job: Any, model: nn.Module) -> Callable[[int], bool]:
-    """`fits(size)`: one training step at `size` of a throwaway copy of `model` on random
-    images of the run's input size, in its precision; False on out-of-memory."""
+def plan_batch_size(
+    requested: object, device: torch.device, train_images: int
+) -> tuple[Decision, bool]:
+    """(the batch size before training, whether the training thread probes for a larger
+    one): as asked; or "auto", which on CUDA probes from 32 up, and elsewhere is 32 (on a
+    CPU memory is not the limit). Never above the training images."""
+    if requested != "auto":
+        size = max(1, min(int(requested), train_images))  # type: ignore[call-overload]
+        return Decision("batch size", size, "as asked"), False
+    size = max(1, min(32, train_images))
+    if device.type == "cuda":
+        return Decision("batch size", size, "auto: probed on the training thread"), True
+    return Decision(
+        "batch size", size, f"auto on {device.type}: no memory probe"
+    ), False
 
-    def fits(size: int) -> bool:
-        trial = copy.deepcopy(model)
-        set_train_mode(trial)
-        optimizer = create_optimizer(trial, job.head_lr, job.backbone_lr, job.fused)
-        scaler = create_grad_scaler(job.device, job.precision)
-        inputs = torch.randn(size, *job.data_config["input_size"])
-        targets = torch.randint(0, len(job.class_names), (size,))
-        try:
-            train_step(
-                trial,
-                optimizer,
-                scaler,
-                inputs,
-                targets,
-                job.device,
-                job.precision,
-                memory_format=job.memory_format,
-            )
-            if job.device.type == "cuda":
-                torch.cuda.synchronize(job.device)
-            return True
-        except torch.cuda.OutOfMemoryError:
-            return False
-        finally:
-            del trial, optimizer
-            release(job.device)
 
+def fit_batch_size(plan: Plan, model: nn.Module) -> Decision:
+    """The batch size this run trains with: the planned one, or on CUDA with
+    batch_size="auto" the largest that fits, probed on throwaway copies of `model`."""
+    if not plan.probe_batch:
+        return plan.batch_size
+    limit = batch_size_limit(len(plan.train))  # type: ignore[arg-type]
+    start = min(plan.batch_size.value, limit)
+    size, why = probe_batch_size(lambda n: fits_in_memory(plan, model, n), start, limit)
+    return Decision("batch size", size, why)
+
+
+def fits_in_memory(plan: Plan, model: nn.Module, size: int) -> bool:
+    """Whether one training step at `size` fits: a throwaway copy of `model` (AdamW state
+    included) on random images of the run's input size, in its precision."""
+    step = trial_step(
+        model,
+        plan.device,
+        plan.precision,
+        lambda trial: create_optimizer(
+            trial, plan.head_lr, plan.backbone_lr, plan.fused.value
+        ),
+        plan.memory_format,
+    )
+    inputs = torch.randn(size, *plan.data_config["input_size"])
+    targets = torch.randint(0, len(plan.class_names), (size,))
+    try:
+        step((inputs, targets))
+        synchronize(plan.device)
+        fits = True
+    except torch.cuda.OutOfMemoryError:
+        fits = False
+    del step  # the copy and its optimizer, before the memory is given back
+    release(plan.device)
     return fits
 
 
-def retry_smaller(job: Any, step: Callable[..., T], note: Callable[[str], None]) -> T:
-    """`step(micro_batches=job.micro_batches)`; after an out-of-memory error, frees memory, doubles `job.micro_batches`
-    (halving the images per forward pass) and tries again, saying so through `note`.
+class MicroBatches:
+    """How many pieces a batch goes through the model in: 1 until a batch runs out of GPU
+    memory, then twice as many each time (the loop's state, not the plan's)."""
 
-    Raises:
-        torch.cuda.OutOfMemoryError: one image per forward pass does not fit either.
-    """
-    while True:
-        try:
-            return step(micro_batches=job.micro_batches)
-        except torch.cuda.OutOfMemoryError:
-            images = math.ceil(job.batch_size / job.micro_batches)
-            if images <= 1:
-                raise
-            release(job.device)
-            job.micro_batches *= 2
-            smaller = math.ceil(job.batch_size / job.micro_batches)
-            note(
-                f"out of GPU memory with {images} images per step: now {job.micro_batches} "
-                f"micro-batches of {smaller}, gradients accumulated (batch still {job.batch_size})"
+    def __init__(self, batch_size: int, device: torch.device) -> None:
+        self.batch_size, self.device = batch_size, device
+        self.count = 1
+
+    def run(
+        self,
+        attempt: Callable[[int], T],
+        on_split: Callable[[str], None],
+        reset: Callable[[], None] = lambda: None,
+    ) -> T:
+        """`attempt(count)`; after an out-of-memory error, `reset()` (drop the partial
+        gradients), free memory, double the count and try again, saying so through
+        `on_split`. Only what `attempt` does is repeated: the optimizer step that follows
+        a forward and backward is never part of it.
+
+        Raises:
+            torch.cuda.OutOfMemoryError: one image per piece does not fit either.
+        """
+        while True:
+            try:
+                return attempt(self.count)
+            except torch.cuda.OutOfMemoryError:
+                if math.ceil(self.batch_size / self.count) <= 1:
+                    raise
+            # Here, after the except block: its traceback held the failed step's
+            # tensors, which the memory release could not have given back.
+            reset()
+            release(self.device)
+            images = math.ceil(self.batch_size / self.count)
+            self.count *= 2
+            on_split(
+                f"out of GPU memory with {images} images per step: now {self.count} "
+                f"micro-batches of {math.ceil(self.batch_size / self.count)}, gradients "
+                f"accumulated (batch still {self.batch_size})"
             )
-
-
-def release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()

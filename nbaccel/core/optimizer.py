@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from nbaccel.core.decision import Decision
+
 DEFAULT_LR = 3e-3  # AdamW; 1e-3 underfits short fine-tunes, 1e-2 is harsh on large ViTs
 BACKBONE_LR_FACTOR = 0.1  # pretrained layers move 10x slower than the new head
 WEIGHT_DECAY = 0.01
@@ -20,14 +22,16 @@ def resolve_learning_rates(lr: object, pretrained: bool) -> tuple[float, float]:
     return head_lr, head_lr * BACKBONE_LR_FACTOR if pretrained else head_lr
 
 
-def resolve_fused(
-    requested: object, model: nn.Module, device: torch.device
-) -> tuple[bool, str]:
-    """(use AdamW's fused kernel?, why). "auto": wherever torch has one for the device
-    (CUDA, and CPU from torch 2.4). One kernel updates every parameter: on a CPU, resnet18's
-    update took 6 ms instead of 28-36 ms."""
+def decide_fused(requested: object, device: torch.device) -> Decision:
+    """AdamW's fused kernel: "auto" wherever torch has one for the device (CUDA, and CPU
+    from torch 2.4). One kernel updates every parameter: on a CPU, resnet18's update took
+    6 ms instead of 28-36 ms.
+
+    Raises:
+        ValueError: fused=True where torch has no fused AdamW.
+    """
     if requested is not True and requested != "auto":
-        return False, "fused=False"
+        return Decision("fused optimizer", False, "fused=False")
     probe = torch.zeros(1, device=device, requires_grad=True)
     try:
         torch.optim.AdamW([probe], fused=True)
@@ -36,13 +40,17 @@ def resolve_fused(
             raise ValueError(
                 f"fused=True, but {error}; use fused=False or 'auto'"
             ) from None
-        return False, f"auto: torch has no fused AdamW for {device.type}"
-    return (
-        True,
+        return Decision(
+            "fused optimizer",
+            False,
+            f"auto: torch has no fused AdamW for {device.type}",
+        )
+    why = (
         "fused=True"
         if requested is True
-        else f"auto: one AdamW kernel on {device.type}",
+        else f"auto: one AdamW kernel on {device.type}"
     )
+    return Decision("fused optimizer", True, why)
 
 
 def create_optimizer(

@@ -1,28 +1,34 @@
-"""Run: one training thread, one publisher thread, and the handle the user holds.
+"""Run: the handle the user holds, and its training thread.
 
-The training thread puts events on one queue; the publisher drains it, keeps the history and
-calls subscribers. Control goes back only through the loop's `Control` flags.
+The training thread puts events on one queue; the publisher (publisher.py) drains it, keeps
+the history and calls subscribers. Control goes back only through the loop's `Control`
+flags.
 """
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import logging
-import queue
+import os
 import threading
 import traceback
-from typing import Any, Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import nn
 
 from nbaccel.core.config import TrainConfig
 from nbaccel.core.control import Control, interrupt_stops
-from nbaccel.core.events import EpochEnded, Event, RunEnded, SavingsUpdated
-from nbaccel.core.export import UsingTheResult
-from nbaccel.core.job import TrainingJob
+from nbaccel.core.decision import Decision
+from nbaccel.core.events import Event, RunEnded, Savings
 from nbaccel.core.loop import run_training
-from nbaccel.core.memory import release
-from nbaccel.core.savings import Savings
+from nbaccel.core.plan import Plan
+from nbaccel.core.predict import Predictions, predict
+from nbaccel.core.publisher import Publisher
+from nbaccel.core.saving import export, save
+from nbaccel.core.timing import release
 
 logger = logging.getLogger(__name__)
 
@@ -44,37 +50,28 @@ def current_run() -> Optional[Run]:
     return _current_run
 
 
-class Run(UsingTheResult):  # predict(), save(), export(): see export.UsingTheResult
+class Run:
     """A training run in a background thread. Start it with `nbaccel.fasttrain()`."""
 
-    def __init__(self, job: TrainingJob) -> None:
-        self.config: TrainConfig = job.config
-        self.class_names: tuple[str, ...] = job.class_names
-        self.data_config: dict = job.data_config
-        self.precision: str = job.precision
-        self._job: Optional[TrainingJob] = job
-        self._model: Optional[nn.Module] = job.model
-        self._device = job.device
+    def __init__(self, config: TrainConfig, plan: Plan) -> None:
+        self.config = config
+        self.class_names: tuple[str, ...] = plan.class_names
+        self.data_config: dict = plan.data_config
+        self.precision: str = plan.precision
+        self._plan: Optional[Plan] = plan
+        self._model: Optional[nn.Module] = plan.model
+        self._device = plan.device
         self._control = Control()
-        self._queue: queue.Queue[Event] = queue.Queue()
-        # Orders publishing against subscribing (a replay sees each event exactly once).
-        # Reads take no lock, so a subscriber may read the run from anywhere without a
-        # lock-order deadlock: the publisher is the only writer, and it only appends to
-        # lists and rebinds attributes, which a reader copies whole.
-        self._lock = threading.RLock()
-        self._events: list[Event] = []
-        self._history: list[dict] = []
-        self._best: Optional[dict] = None
-        self._savings: Optional[Savings] = None
-        self._subscribers: list[Callable[[Event], Any]] = []
-        self._ended: Optional[RunEnded] = None
-        self._done = threading.Event()
+        self._publisher = Publisher()
+        self._lock = threading.Lock()  # start() once
         self._started = False
+        # The caller's context, taken again by start(): torch.compile's settings are
+        # context variables, and a new thread would otherwise start without the user's.
+        self._context = contextvars.copy_context()
         self._trainer = threading.Thread(
-            target=self._train, name="nbaccel-train", daemon=True
-        )
-        self._publisher = threading.Thread(
-            target=self._publish, name="nbaccel-publish", daemon=True
+            target=lambda: self._context.run(self._train),
+            name="nbaccel-train",
+            daemon=True,
         )
         # The threads that must not wait for the run to end (they are what ends it).
         self._own_threads = [self._trainer, self._publisher]
@@ -95,6 +92,7 @@ class Run(UsingTheResult):  # predict(), save(), export(): see export.UsingTheRe
                 return self
             self._started = True
             _current_run = self
+            self._context = contextvars.copy_context()  # as it is now
             self._publisher.start()
             if background:
                 self._trainer.start()
@@ -107,12 +105,12 @@ class Run(UsingTheResult):  # predict(), save(), export(): see export.UsingTheRe
         to end (its status then says so). Idempotent."""
         self._control.stop()
         if self._started and threading.current_thread() not in self._own_threads:
-            self._done.wait(timeout)
+            self._publisher.done.wait(timeout)
         return self
 
     def pause(self) -> Run:
         """Pauses at the next step boundary (paused time is not counted). Idempotent."""
-        if self._ended is None:
+        if self._publisher.ended is None:
             self._control.pause()
         return self
 
@@ -128,14 +126,14 @@ class Run(UsingTheResult):  # predict(), save(), export(): see export.UsingTheRe
             TrainingFailed: the run failed; it carries the training thread's traceback.
             TimeoutError: `timeout` seconds passed first (the run goes on).
         """
-        if not self._done.wait(timeout):
+        if not self._publisher.done.wait(timeout):
             raise TimeoutError(
                 f"the run is still {self.status} after {timeout} s; call run.stop() to end it"
             )
         for thread in (self._trainer, self._publisher):  # both end right after RunEnded
             if thread.ident is not None and thread is not threading.current_thread():
                 thread.join()
-        ended = self._ended
+        ended = self._publisher.ended
         assert ended is not None
         if ended.status == "failed":
             raise TrainingFailed(ended.reason, ended.traceback or "")
@@ -147,8 +145,9 @@ class Run(UsingTheResult):  # predict(), save(), export(): see export.UsingTheRe
     def status(self) -> str:
         """ "running" | "paused" | "finished" | "stopped" | "failed", or "pending" before
         start() (a compare() run waiting for its turn)."""
-        if self._ended is not None:
-            return self._ended.status
+        ended = self._publisher.ended
+        if ended is not None:
+            return ended.status
         if not self._started:
             return "pending"
         return "paused" if self._control.paused else "running"
@@ -157,18 +156,19 @@ class Run(UsingTheResult):  # predict(), save(), export(): see export.UsingTheRe
     def reason(self) -> Optional[str]:
         """Why the run ended ("patience", "target", "time", "epochs", "user", "nan", or the
         error), or None while it runs."""
-        return None if self._ended is None else self._ended.reason
+        ended = self._publisher.ended
+        return None if ended is None else ended.reason
 
     @property
     def history(self) -> list[dict]:
         """One dict per finished epoch: epoch, train_loss, val_loss, val_acc, images_per_s,
         epoch_s, elapsed_s."""
-        return [dict(row) for row in list(self._history)]
+        return [dict(row) for row in list(self._publisher.history)]
 
     @property
     def best(self) -> Optional[dict]:
         """The best epoch's row (by the stopping rule's monitored metric, val_loss by default)."""
-        best = self._best
+        best = self._publisher.best
         return None if best is None else dict(best)
 
     @property
@@ -176,7 +176,7 @@ class Run(UsingTheResult):  # predict(), save(), export(): see export.UsingTheRe
         """Time saved against the baseline (every layer trained, fp32, no early stop):
         projected while the run goes, measured once it has ended. None with baseline="off"
         or before the calibration."""
-        return self._savings
+        return self._publisher.savings
 
     @property
     def model(self) -> Optional[nn.Module]:
@@ -187,7 +187,7 @@ class Run(UsingTheResult):  # predict(), save(), export(): see export.UsingTheRe
     @property
     def events(self) -> list[Event]:
         """Every event published so far, in order."""
-        return list(self._events)
+        return list(self._publisher.events)
 
     def subscribe(
         self, fn: Callable[[Event], Any], replay: bool = True
@@ -198,23 +198,39 @@ class Run(UsingTheResult):  # predict(), save(), export(): see export.UsingTheRe
         Returns:
             A function that unsubscribes `fn`.
         """
-        with self._lock:
-            if replay:
-                for event in self._events:
-                    fn(event)
-            self._subscribers.append(fn)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if fn in self._subscribers:
-                    self._subscribers.remove(fn)
-
-        return unsubscribe
+        return self._publisher.subscribe(fn, replay)
 
     # --- using the result ----------------------------------------------------------------
 
+    def predict(self, images: Any) -> Predictions:
+        """Labels and class probabilities for images: paths (a file or a folder), PIL
+        images, an N x H x W x C uint8 array or an N x C x H x W tensor in [0, 1].
+
+        Raises:
+            RuntimeError: the run is still training, or failed (it has no model).
+        """
+        model = self._ended_model("predict")
+        # The run's precision where it trained; fp32 once the model has moved (a stopped
+        # run's model goes to the CPU, where fp16 autocast is slow and gains nothing).
+        here = next(model.parameters()).device
+        precision = self.precision if here == self._device else "fp32"
+        return predict(model, images, self.class_names, self.data_config, precision)
+
+    def save(self, path: Union[str, os.PathLike]) -> Path:
+        """Writes the best weights with the class names and data config; `nbaccel.load(path)`
+        reads it back, and `fasttrain(pretrained=path)` fine-tunes from it."""
+        model = self._ended_model("save")
+        return save(
+            model, path, self.config.backbone, self.class_names, self.data_config
+        )
+
+    def export(self, path: Union[str, os.PathLike]) -> Path:
+        """Exports the best model to ONNX ("x.onnx"), TorchScript ("x.pt") or torch.export
+        ("x.pt2"), then loads the export back and checks its outputs against the model's."""
+        return export(self._ended_model("export"), path, self.data_config)
+
     def _ended_model(self, what: str) -> nn.Module:
-        if self._ended is None:
+        if self._publisher.ended is None:
             raise RuntimeError(
                 f"run.{what}() needs an ended run (the model is still training): call "
                 "run.wait() or run.stop() first"
@@ -223,17 +239,35 @@ class Run(UsingTheResult):  # predict(), save(), export(): see export.UsingTheRe
             raise RuntimeError(f"run.{what}(): the run failed, so it has no model")
         return self._model
 
+    def _use_batch_size(self, size: int) -> None:
+        """compare(): a pending baseline trains at the accelerated run's batch size."""
+        if self._plan is not None and not self._started:
+            why = "the accelerated run's, which its projection assumed (compare)"
+            self._plan = dataclasses.replace(
+                self._plan,
+                batch_size=Decision("batch size", size, why),
+                probe_batch=False,
+            )
+            self.config = dataclasses.replace(self.config, batch_size=size)
+
+    def _offload(self) -> None:
+        """Moves an ended run's model to the CPU, giving its GPU memory back."""
+        if self._model is not None:
+            self._model.to("cpu")
+        release(self._device)
+
     def __repr__(self) -> str:
-        last = self._history[-1] if self._history else None
+        history = self._publisher.history
+        last = history[-1] if history else None
         epochs = (
             f"epoch {last['epoch']}/{self.config.epochs}, val_acc {last['val_acc']:.3f}"
             if last
             else "no epoch yet"
         )
-        ended = f", reason={self.reason!r}" if self._ended else ""
+        ended = f", reason={self.reason!r}" if self._publisher.ended else ""
         return f"<nbaccel.Run {self.config.backbone} {self.status}{ended}: {epochs}>"
 
-    # --- the two threads -----------------------------------------------------------------
+    # --- the training thread -------------------------------------------------------------
 
     def _train_here(self) -> None:
         """The training thread's work, on the calling thread; Ctrl-C asks for a stop."""
@@ -243,17 +277,17 @@ class Run(UsingTheResult):  # predict(), save(), export(): see export.UsingTheRe
                 self._train()
         finally:
             self._own_threads.pop()
-        self._done.wait()  # every event published
+        self._publisher.done.wait()  # every event published
         if interrupted:
             raise KeyboardInterrupt
 
     def _train(self) -> None:
-        job = self._job
-        assert job is not None
+        plan, self._plan = self._plan, None  # the thread holds the only reference
+        assert plan is not None
         try:
             with torch.enable_grad():
                 status, reason, best_epoch = run_training(
-                    job, self._queue.put, self._control
+                    plan, self._publisher.queue.put, self._control
                 )
             # The run's clock: from the first step's set-up, paused time left out.
             ended = RunEnded(status, reason, best_epoch, self._control.elapsed())
@@ -266,35 +300,12 @@ class Run(UsingTheResult):  # predict(), save(), export(): see export.UsingTheRe
                 traceback.format_exc(),
             )
             self._model = None
-        finally:
-            self._job = None  # drops the loaders and the job's model reference
-        if ended.status == "stopped" and self._model is not None:
-            self._model.to("cpu")  # a stopped run gives its GPU memory back
-        release(self._device)
-        self._queue.put(ended)
-
-    def _publish(self) -> None:
-        while True:
-            event = self._queue.get()
-            with self._lock:
-                self._events.append(event)
-                if isinstance(event, EpochEnded):
-                    self._history.append(event.as_row())
-                    if event.is_best:
-                        self._best = self._history[-1]
-                elif isinstance(event, SavingsUpdated):
-                    self._savings = event.savings
-                elif isinstance(event, RunEnded):
-                    self._ended = event
-                for fn in list(self._subscribers):
-                    try:
-                        fn(event)
-                    except Exception:  # a broken subscriber must not stop the others
-                        logger.exception(
-                            "nbaccel subscriber %r failed on %s",
-                            fn,
-                            type(event).__name__,
-                        )
-            if isinstance(event, RunEnded):
-                self._done.set()
-                return
+        del plan  # the loaders and the plan's model reference go with it
+        try:  # after the except block: its traceback held the failed step's tensors
+            if ended.status == "stopped":
+                self._offload()  # a stopped run gives its GPU memory back
+            else:
+                release(self._device)
+        except Exception:  # noqa: BLE001 - a sticky CUDA error; the run must still end
+            logger.exception("nbaccel could not give the GPU memory back after the run")
+        self._publisher.queue.put(ended)

@@ -1,4 +1,5 @@
-"""Time saved against the baseline: projected from the calibration, measured as the run goes.
+"""Time saved against the baseline: projected from the calibration, measured as the run goes,
+and derived from the run's events (`SavingsTracker`), outside the training loop.
 
 The baseline (DESIGN.md) is the same data, backbone, weights and epoch budget with every layer
 trained, fp32, no caching, no compile and no early stop. Its time is never guessed: it is
@@ -7,55 +8,68 @@ its timed steps times the steps of the whole budget.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
-from nbaccel.core.calibration import Calibration
+from nbaccel.core.events import (
+    Acceleration,
+    Calibration,
+    EpochEnded,
+    Measured,
+    RunEnded,
+    RunStarted,
+    Savings,
+    SavingsUpdated,
+)
 
 
-@dataclass(frozen=True)
-class Acceleration:
-    """The speed-ups measured on the training thread before the first epoch."""
+class SavingsTracker:
+    """Derives a run's SavingsUpdated events from what it reported: one after its
+    measurements (Measured), one after each epoch (projected), and the measured one just
+    before RunEnded (`before_end`). The publisher feeds it every event."""
 
-    image_cache: bool = False  # decoded images kept after the first epoch
-    cache_fill_s: Optional[float] = None  # computing the frozen features, once
-    compile_s: float = 0.0  # torch.compile's warm-up
-    compile_gain_s: float = 0.0  # seconds a compiled training step saves
+    def __init__(self) -> None:
+        self._started: Optional[RunStarted] = None
+        self._measured: Optional[Measured] = None
+        self._history: list[dict] = []
 
+    def after(self, event: object) -> Optional[SavingsUpdated]:
+        """The update to publish after `event`, if any."""
+        if isinstance(event, RunStarted):
+            self._started = event
+        elif isinstance(event, Measured):
+            # A later report (compiling went on during training) only corrects the
+            # figures that the final update uses.
+            first = self._measured is None
+            self._measured = event
+            return self._update(event.elapsed_s, None) if first else None
+        elif isinstance(event, EpochEnded) and self._measured is not None:
+            self._history.append(event.as_row())
+            return self._update(event.elapsed_s, None)
+        return None
 
-@dataclass(frozen=True)
-class Savings:
-    """How much sooner this run ends than the baseline would, and how each number was got."""
+    def before_end(self, ended: RunEnded) -> Optional[SavingsUpdated]:
+        """The measured update, just before RunEnded (none for a failed run)."""
+        if self._measured is None or ended.status == "failed":
+            return None
+        return self._update(ended.elapsed_s, ended.reason)
 
-    baseline_s: float  # the baseline's projected wall time for the whole epoch budget
-    actual_s: (
-        float  # this run's wall time: measured once ended, projected while running
-    )
-    saved_s: float  # baseline_s - actual_s
-    speedup: float  # baseline_s / actual_s
-    final: bool  # actual_s is measured (the run has ended), not projected
-    baseline_how: str
-    actual_how: str
-    baseline_epoch_s: float  # the baseline's projected seconds per epoch
-    own_epoch_s: (
-        float  # this run's seconds per epoch: mean of finished epochs, or calibrated
-    )
-    steps_timed: int  # timed calibration steps per configuration
-    epochs_budget: int
-    epochs_run: int
-    calibration_s: float  # what timing the steps cost; part of actual_s
-    # (cause, seconds saved, how): frozen layers, precision, early stop, caching, compile
-    # (its gain less its cost), calibration (a cost), other (the difference between the measured epochs and the calibrated steps).
-    by_cause: tuple[tuple[str, float, str], ...]
-
-    @property
-    def breakdown(self) -> dict[str, float]:
-        """Seconds saved by cause; they add up to saved_s."""
-        return {cause: seconds for cause, seconds, _ in self.by_cause}
-
-    def saved_at(self, epochs_done: float, elapsed_s: float) -> float:
-        """Seconds saved so far: what the baseline would have taken for `epochs_done`."""
-        return epochs_done * self.baseline_epoch_s - elapsed_s
+    def _update(self, elapsed_s: float, end_reason: Optional[str]) -> SavingsUpdated:
+        started, measured = self._started, self._measured
+        assert started is not None and measured is not None
+        return SavingsUpdated(
+            estimate_savings(
+                measured.calibration,
+                steps_per_epoch=started.steps_per_epoch,
+                val_batches=started.val_batches,
+                freeze_depth=started.freeze_depth,
+                precision=started.precision,
+                history=self._history,
+                elapsed_s=elapsed_s,
+                budget=started.epochs,
+                end_reason=end_reason,
+                acceleration=measured.acceleration,
+            )
+        )
 
 
 def estimate_savings(
@@ -67,8 +81,8 @@ def estimate_savings(
     history: list[dict],
     elapsed_s: float,
     budget: int,
+    acceleration: Acceleration,
     end_reason: Optional[str] = None,
-    acceleration: Acceleration = Acceleration(),
 ) -> Savings:
     """The savings after `history` and `elapsed_s`; `end_reason` is set once the run ended.
 
@@ -187,6 +201,8 @@ def estimate_savings(
         f"after a warm-up on this run's batches) = {baseline:.1f} s per epoch x "
         f"{projected} epochs" + (" (the epochs run before the stop)" if by_user else "")
     )
+    if cal.notes:  # batches that did not fit in memory and were timed smaller
+        baseline_how += "; " + "; ".join(cal.notes)
     if final:
         actual_how = (
             f"measured: {elapsed_s:.1f} s for {run} epochs, calibration "

@@ -8,7 +8,6 @@ from typing import Optional
 
 from nbaccel.core import (
     Comparison,
-    EpochEnded,
     Progress,
     RunEnded,
     RunStarted,
@@ -77,7 +76,7 @@ def status_html(
     status: str,
     start: Optional[RunStarted],
     end: Optional[RunEnded],
-    best: Optional[EpochEnded],
+    best: Optional[dict],
     stop_requested: bool,
     notes: Sequence[str] = (),
 ) -> str:
@@ -99,8 +98,8 @@ def status_html(
     for note in notes:
         setup += f"<br><i>{html.escape(note)}</i>"
     best_text = (
-        f" · best epoch {best.epoch}: val_acc {best.val_acc:.3f}, "
-        f"val_loss {best.val_loss:.4f}"
+        f" · best epoch {best['epoch']}: val_acc {best['val_acc']:.3f}, "
+        f"val_loss {best['val_loss']:.4f}"
         if best
         else ""
     )

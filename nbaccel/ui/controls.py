@@ -1,4 +1,5 @@
-"""The panel's choices: data, backbone, weights, freeze depth, precision, stopping rule.
+"""The panel's choices: data, backbone, weights, freeze depth, precision, stopping rule,
+and every other option of fasttrain(), read from the options' one definition.
 
 `Controls.to_kwargs()` turns them into `fasttrain()` keywords; the API itself checks them, so
 the panel refuses bad choices with the API's own messages.
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import ipywidgets as widgets
 import timm
 
-from nbaccel.core import TrainConfig, list_freeze_options, parse_stop_rule
+from nbaccel.core import OptionSpec, list_freeze_options, list_options, parse_stop_rule
+from nbaccel.core.config import parse_pretrained
 from nbaccel.core.precision import resolve_device, resolve_precision
 from nbaccel.ui._format import format_count
 
@@ -26,30 +28,31 @@ STOP_PRESETS = (
     "epochs:5",
     "none",
 )
-# Keywords the panel has no control for: kept from the run it shows, used again on Start.
-KEPT = ("val", "batch_size", "lr", "device", "seed", "augment")
+# The options with a picker of their own; every other option gets an OptionControl.
+PICKED = (
+    "backbone",
+    "pretrained",
+    "freeze",
+    "precision",
+    "stop",
+    "epochs",
+    "image_size",
+)
 WIDE = dict(layout=widgets.Layout(width="460px"), style={"description_width": "110px"})
-
-
-def parse_pretrained(text: Union[str, bool, os.PathLike]) -> Union[bool, str]:
-    """ "yes" -> True (timm's published weights), "no" -> False, anything else is a path."""
-    if isinstance(text, bool):
-        return text
-    words = {"yes": True, "true": True, "hub": True, "no": False, "false": False}
-    value = str(text).strip()
-    return words.get(value.lower(), os.path.expanduser(value))
 
 
 class Controls:
     """The choice widgets, as one VBox (`.widget`), with defaults from a config or keywords."""
 
     def __init__(self, defaults: Optional[dict] = None, num_classes: int = 10) -> None:
-        fields = TrainConfig.__dataclass_fields__
-        values = {
-            name: fields[name].default for name in fields if name not in ("data",)
-        }
+        specs = {spec.name: spec for spec in list_options()}
+        values = {name: spec.default for name, spec in specs.items()}
         values.update(defaults or {})
-        self.kept = {name: values[name] for name in KEPT}
+        self.more = [
+            OptionControl(spec, values[name])
+            for name, spec in specs.items()
+            if name not in PICKED
+        ]
         self.num_classes = num_classes
         self._data_object: Any = None
         self._data_label = ""
@@ -110,6 +113,8 @@ class Controls:
             description="image size",
             **WIDE,
         )
+        for name in PICKED:
+            set_tooltip(getattr(self, name), specs[name].help)
         set_tooltip(self.image_size, "pixels; 0 uses the backbone's default")
 
         self._list_backbones(selected=values["backbone"])
@@ -134,6 +139,13 @@ class Controls:
                 widgets.HBox([self.stop, self.stop_info]),
                 self.epochs,
                 self.image_size,
+                _collapsed(
+                    "more options",
+                    widgets.GridBox(
+                        [control.widget for control in self.more],
+                        layout=widgets.Layout(grid_template_columns="repeat(2, 340px)"),
+                    ),
+                ),
             ]
         )
 
@@ -170,7 +182,7 @@ class Controls:
             stop=self.stop.value,
             epochs=self.epochs.value,
             image_size=self.image_size.value or None,
-            **self.kept,
+            **{control.spec.name: control.value() for control in self.more},
         )
 
     def set_enabled(self, enabled: bool) -> None:
@@ -185,6 +197,7 @@ class Controls:
             self.stop,
             self.epochs,
             self.image_size,
+            *(control.widget for control in self.more),
         ):
             child.disabled = not enabled
 
@@ -253,6 +266,60 @@ class Controls:
             self.stop_info.value = f"<small style='color:#b00020'>{error}</small>"
         else:
             self.stop_info.value = "<small>✓</small>"
+
+
+class OptionControl:
+    """A control for an option with no picker of its own, made from its definition: a
+    dropdown of its choices, or a text box read as the option reads text. A value that is
+    not text (a data object given as `val`) is shown by a label and kept as it is."""
+
+    def __init__(self, spec: OptionSpec, value: Any) -> None:
+        self.spec = spec
+        self._object: Any = None
+        self._label = ""
+        if spec.choices:
+            options = [(_as_text(choice), choice) for choice in spec.choices]
+            chosen = next((c for c in spec.choices if c is value or c == value), None)
+            self.widget: widgets.ValueWidget = widgets.Dropdown(
+                options=options,
+                value=spec.default if chosen is None else chosen,
+                description=spec.name,
+                style={"description_width": "110px"},
+                layout=widgets.Layout(width="330px"),
+            )
+        else:
+            if value is not None and not isinstance(value, (str, int, float)):
+                self._object = value
+                self._label = f"<in-memory {type(value).__name__}>"
+            self.widget = widgets.Text(
+                value=self._label or _as_text(value),
+                description=spec.name,
+                style={"description_width": "110px"},
+                layout=widgets.Layout(width="330px"),
+            )
+        set_tooltip(self.widget, spec.help)
+
+    def value(self) -> Any:
+        """The option's value, unchecked (TrainConfig checks it)."""
+        if isinstance(self.widget, widgets.Dropdown):
+            return self.widget.value
+        text = self.widget.value.strip()
+        if self._label and text == self._label:
+            return self._object
+        return self.spec.parse(text) if text else self.spec.default
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "" if value is None else str(value)
+
+
+def _collapsed(title: str, child: widgets.Widget) -> widgets.Accordion:
+    accordion = widgets.Accordion(children=[child])
+    accordion.set_title(0, title)
+    accordion.selected_index = None
+    return accordion
 
 
 def set_tooltip(widget: widgets.Widget, text: str) -> None:

@@ -12,9 +12,18 @@ from typing import Any, Optional
 import ipywidgets as widgets
 from IPython.display import display
 
-from nbaccel.core import Run, TrainConfig, start_run
+from nbaccel.core import (
+    Event,
+    Progress,
+    Run,
+    RunEnded,
+    RunStarted,
+    TrainConfig,
+    start_run,
+)
+from nbaccel.ui._format import format_seconds, savings_html, status_html
 from nbaccel.ui.bridge import Bridge
-from nbaccel.ui.charts import create_chart
+from nbaccel.ui.charts import ChartData, create_chart
 from nbaccel.ui.controls import Controls
 from nbaccel.ui.environment import prepare_charts
 
@@ -81,7 +90,8 @@ class Panel:
         self.pause_button.on_click(lambda _: self.toggle_pause())
         self.stop_button.on_click(lambda _: self.stop())
         self.run: Optional[Run] = None
-        self._bridge = Bridge(self, None, self._rate)
+        self._reset()
+        self._bridge = Bridge({}, self._update, self._rate)
         if run is not None:
             self._follow(run)
 
@@ -116,7 +126,7 @@ class Panel:
         """Asks the run to stop at the next step boundary (the Stop button); returns at once."""
         if self.run is None:
             return
-        self._bridge.stop_requested = True
+        self._stop_requested = True
         self.run.stop(timeout=0)
         self._bridge.flush()
 
@@ -127,7 +137,99 @@ class Panel:
     def _follow(self, run: Run) -> None:
         self._bridge.close()
         self.run = run
-        self._bridge = Bridge(self, run, self._rate)
+        self._reset()
+        self._bridge = Bridge({"run": run}, self._update, self._rate)
+
+    # --- the run's state, and onto the widgets -----------------------------------------
+
+    def _reset(self) -> None:
+        """The view's own state for a new run (events apply to it; the rest is read from
+        the run, whose reads take no lock)."""
+        self._chart_data = ChartData()
+        self._started: Optional[RunStarted] = None
+        self._progress: Optional[Progress] = None  # the latest, for the progress bar
+        self._ended: Optional[RunEnded] = None
+        self._notes: list[str] = []  # changes of course (Progress.note)
+        self._stop_requested = False
+
+    def _update(self, events: list[tuple[str, Event]], redraw: bool) -> None:
+        """The bridge's batch: apply the events, then render."""
+        for _, event in events:
+            if isinstance(event, Progress) and event.note:
+                self._notes.append(event.note)  # not a point on the charts
+                continue
+            self._chart_data.add(event)
+            if isinstance(event, RunStarted):
+                self._started = event
+            elif isinstance(event, Progress):
+                self._progress = event
+            elif isinstance(event, RunEnded):
+                self._ended = event
+        self._render(redraw)
+
+    def _render(self, redraw: bool) -> None:
+        status = self.run.status if self.run else "idle"
+        live = status in ("pending", "running", "paused")
+        self.start_button.disabled = live
+        self.pause_button.disabled = not live or self._stop_requested
+        self.pause_button.description = "Resume" if status == "paused" else "Pause"
+        self.pause_button.icon = "play" if status == "paused" else "pause"
+        self.stop_button.disabled = not live or self._stop_requested
+        self.controls.set_enabled(not live)
+        self.status.value = (
+            status_html(
+                status,
+                self._started,
+                self._ended,
+                self.run.best,
+                self._stop_requested,
+                self._notes,
+            )
+            if self.run
+            else "Choose data and a backbone, then Start."
+        )
+        savings = self.run.savings if self.run else None
+        self.savings.value = savings_html(savings, self._progress)
+        self._render_progress(status)
+        failed = self._ended is not None and self._ended.status == "failed"
+        self.error.value = (
+            f"<pre style='white-space:pre-wrap;color:#b00020'>"
+            f"{html.escape(self._ended.traceback or self._ended.reason)}</pre>"
+            if failed and self._ended
+            else ""
+        )
+        self.error.layout.display = None if failed else "none"
+        if redraw:
+            self.chart.draw(self._chart_data.points)
+
+    def _render_progress(self, status: str) -> None:
+        bar, label = self.progress, self.progress_text
+        started, progress = self._started, self._progress
+        if started is None:
+            bar.value, label.value = 0, ""
+            return
+        total = started.epochs * started.steps_per_epoch
+        done = (
+            (progress.epoch - 1) * started.steps_per_epoch + progress.step
+            if progress
+            else 0
+        )
+        bar.max = total
+        bar.value = min(done, total)
+        bar.bar_style = {"finished": "success", "failed": "danger"}.get(status, "")
+        if progress is None:
+            label.value = f"epoch 1/{started.epochs} · starting"
+            return
+        where = (
+            f"epoch {progress.epoch}/{started.epochs} · "
+            f"step {progress.step}/{started.steps_per_epoch}"
+        )
+        if status == "running" and done:
+            left = progress.elapsed_s * (total - done) / done
+            where += f" · {format_seconds(left)} left at most"
+        elif status == "paused":
+            where += " · paused"
+        label.value = where
 
     def _refuse(self, text: str) -> None:
         self.message.value = f"<span style='color:#b00020'>✗ {html.escape(text)}</span>"

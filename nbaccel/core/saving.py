@@ -1,8 +1,9 @@
-"""Using a trained model: predictions, a saved checkpoint, and ONNX / TorchScript exports.
+"""Writing a trained model to files: a checkpoint with its class names and data config
+(`save`, read back by `load`), and ONNX / TorchScript / torch.export files (`export`), each
+loaded back and checked against the model before it is handed over.
 
-labels, probabilities = run.predict(["a.png", "b.png"])
 run.save("digits.pth")                 # nbaccel.load("digits.pth") gives it back
-run.export("digits.onnx")              # or "digits.pt" (TorchScript), checked on export
+run.export("digits.onnx")              # or "digits.pt" (TorchScript), "digits.pt2"
 """
 
 from __future__ import annotations
@@ -11,27 +12,14 @@ import copy
 import os
 import warnings
 from pathlib import Path
-from typing import Any, NamedTuple, Union
+from typing import NamedTuple, Union
 
 import numpy as np
 import timm
 import torch
-from PIL import Image
-from timm.data import create_transform
 from torch import nn
 
-from nbaccel.core.data import IMAGE_EXTENSIONS, to_pil
-from nbaccel.core.steps import eval_step
-
-PREDICT_BATCH = 64
 EXPORTS = (".onnx", ".pt", ".pt2")
-
-
-class Predictions(NamedTuple):
-    """One label and one row of class probabilities per image, in input order."""
-
-    labels: list[str]
-    probabilities: np.ndarray  # N x classes, rows sum to 1
 
 
 class LoadedModel(NamedTuple):
@@ -40,35 +28,6 @@ class LoadedModel(NamedTuple):
     model: nn.Module
     class_names: tuple[str, ...]
     data_config: dict
-
-
-def predict(
-    model: nn.Module,
-    images: Any,
-    class_names: tuple[str, ...],
-    data_config: dict,
-    precision: str = "fp32",
-) -> Predictions:
-    """Classifies `images` with the eval transform of `data_config`.
-
-    Args:
-        images: a path (an image, or a folder of images), a list of paths or PIL images,
-            an N x H x W x C uint8 array, an N x C x H x W tensor in [0, 1], or one image.
-    """
-    pictures = _as_pictures(images)
-    transform = create_transform(**data_config, is_training=False)
-    device = next(model.parameters()).device
-    model.eval()
-    chunks = []
-    for start in range(0, len(pictures), PREDICT_BATCH):
-        batch = torch.stack(
-            [transform(p) for p in pictures[start : start + PREDICT_BATCH]]
-        )
-        logits = eval_step(model, batch, device, precision)
-        chunks.append(logits.float().softmax(dim=1).cpu())
-    probabilities = torch.cat(chunks).numpy()
-    labels = [class_names[i] for i in probabilities.argmax(axis=1)]
-    return Predictions(labels, probabilities)
 
 
 def save(
@@ -199,71 +158,3 @@ def _export_torchscript(
         loaded = torch.jit.load(str(path))
     with torch.no_grad():
         return loaded(example).numpy()
-
-
-def _as_pictures(images: Any) -> list[Image.Image]:
-    """A list of RGB PIL images from any of predict()'s inputs."""
-    if isinstance(images, (str, os.PathLike)):
-        path = Path(images).expanduser()
-        return (
-            [to_pil(p) for p in _image_files(path)] if path.is_dir() else [to_pil(path)]
-        )
-    if isinstance(images, (np.ndarray, torch.Tensor)):
-        one = images.ndim == 2 or (
-            images.ndim == 3
-            and (images.shape[-1] in (1, 3, 4) or images.shape[0] in (1, 3, 4))
-        )
-        return [to_pil(images)] if one else [to_pil(image) for image in images]
-    if isinstance(images, (list, tuple)):
-        return [to_pil(image) for image in images]
-    return [to_pil(images)]
-
-
-def _image_files(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise ValueError(
-            f"no images in {str(folder)!r}: predict() takes image files, a folder of "
-            "them, arrays or tensors"
-        )
-    return files
-
-
-class UsingTheResult:
-    """Run's predict(), save() and export(): each on the ended run's best model."""
-
-    config: Any
-    class_names: tuple[str, ...]
-    data_config: dict
-    precision: str
-
-    def _ended_model(self, what: str) -> nn.Module:
-        raise NotImplementedError
-
-    def predict(self, images: Any) -> Predictions:
-        """Labels and class probabilities for images: paths (a file or a folder), PIL
-        images, an N x H x W x C uint8 array or an N x C x H x W tensor in [0, 1].
-
-        Raises:
-            RuntimeError: the run is still training, or failed (it has no model).
-        """
-        return predict(
-            self._ended_model("predict"),
-            images,
-            self.class_names,
-            self.data_config,
-            self.precision,
-        )
-
-    def save(self, path: Union[str, os.PathLike]) -> Path:
-        """Writes the best weights with the class names and data config; `nbaccel.load(path)`
-        reads it back, and `fasttrain(pretrained=path)` fine-tunes from it."""
-        model = self._ended_model("save")
-        return save(
-            model, path, self.config.backbone, self.class_names, self.data_config
-        )
-
-    def export(self, path: Union[str, os.PathLike]) -> Path:
-        """Exports the best model to ONNX ("x.onnx"), TorchScript ("x.pt") or torch.export
-        ("x.pt2"), then loads the export back and checks its outputs against the model's."""
-        return export(self._ended_model("export"), path, self.data_config)

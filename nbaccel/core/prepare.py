@@ -1,0 +1,112 @@
+"""prepare_plan: check every choice against the data, the model and this machine, and build
+the model and datasets, on the caller's thread, so that bad input raises from fasttrain()
+itself before any thread starts."""
+
+from __future__ import annotations
+
+import torch
+
+from nbaccel.core.compiling import check_compile
+from nbaccel.core.config import TrainConfig
+from nbaccel.core.data import resolve_sources
+from nbaccel.core.features import decide_feature_cache
+from nbaccel.core.layout import decide_channels_last
+from nbaccel.core.loaders import (
+    TransformedImages,
+    create_transforms,
+    decide_image_cache,
+    decide_workers,
+)
+from nbaccel.core.memory import plan_batch_size
+from nbaccel.core.model import (
+    apply_freeze,
+    create_backbone,
+    describe_weights,
+    is_pretrained,
+    list_layer_groups,
+    resolve_freeze_depth,
+)
+from nbaccel.core.optimizer import decide_fused, resolve_learning_rates
+from nbaccel.core.plan import Plan
+from nbaccel.core.precision import resolve_device, resolve_precision
+
+
+def prepare_plan(config: TrainConfig) -> Plan:
+    """Resolves `config` into a Plan.
+
+    Raises:
+        ValueError: a choice that does not fit the data, the model or this machine.
+    """
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    check_compile(config.compile, device)
+    train, val = resolve_sources(config.data, config.val, config.seed)
+    with torch.random.fork_rng(devices=[]):  # a seeded head; the user's RNG untouched
+        torch.manual_seed(config.seed)
+        model = create_backbone(
+            config.backbone, config.pretrained, len(train.class_names)
+        )
+    groups = list_layer_groups(model)
+    depth, reason = resolve_freeze_depth(
+        config.freeze,
+        groups,
+        is_pretrained(config.pretrained),
+        len(train) / len(train.class_names),
+    )
+    apply_freeze(model, groups, depth)
+    frozen_all = depth == len(groups)
+    augment = config.augment
+    if augment == "auto":  # a linear probe's features can then be cached
+        augment = "none" if frozen_all else "light"
+    train_tf, eval_tf, data_config = create_transforms(
+        model, config.image_size, augment
+    )
+    feature_cache = decide_feature_cache(
+        config.cache,
+        model,
+        frozen_all,
+        augment,
+        len(train) + len(val),
+        data_config["input_size"],
+        device,
+    )
+    images = TransformedImages(train, train_tf), TransformedImages(val, eval_tf)
+    image_cache = decide_image_cache(config.cache, images, feature_cache)
+    train_images, val_images = (
+        TransformedImages(d.source, d.transform, image_cache.value) for d in images
+    )
+    batch_size, probe_batch = plan_batch_size(config.batch_size, device, len(train))
+    head_lr, backbone_lr = resolve_learning_rates(
+        config.lr, is_pretrained(config.pretrained)
+    )
+    return Plan(
+        backbone=config.backbone,
+        weights=describe_weights(config.pretrained),
+        device=device,
+        precision=precision,
+        model=model,
+        groups=tuple(groups),
+        freeze_depth=depth,
+        freeze_reason=reason,
+        class_names=train.class_names,
+        train=train_images,
+        val=val_images,
+        data_config=data_config,
+        augment=augment,
+        head_lr=head_lr,
+        backbone_lr=backbone_lr,
+        stop_rule=config.stop_rule,
+        epochs=config.epochs,
+        seed=config.seed,
+        measure_baseline=config.baseline == "measure",
+        batch_size=batch_size,
+        probe_batch=probe_batch,
+        compile=config.compile,
+        feature_cache=feature_cache,
+        image_cache=image_cache,
+        workers=decide_workers(config.workers, train_images, device),
+        channels_last=decide_channels_last(
+            config.channels_last, model, device, precision
+        ),
+        fused=decide_fused(config.fused, device),
+    )
