@@ -41,8 +41,9 @@ import nbaccel
 
 BACKBONE, SIZE, BATCH = "resnet18", 32, 32
 GPU_MODELS = ("resnet50", "convnext_tiny", "vit_small_patch16_224")
-# Dense bf16 peaks (SXM parts; an H100 PCIe has 756e12).
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+# Dense tensor-core peaks for bf16 and fp16, which are equal on these cards (SXM parts; an
+# H100 PCIe has 756e12); a T4 has no bf16.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "T4": 65e12}
 
 
 def device_name() -> str:
@@ -232,18 +233,27 @@ def time_to_target(folder: Path, weights: Path, target: float, epochs: int) -> N
 # --- GPU ---------------------------------------------------------------------------------
 
 
+def gpu_precision() -> str:
+    """What precision="auto" picks on this GPU: bf16 from compute capability 8.0, fp16 on
+    a T4 or V100 (where bf16 is refused)."""
+    from nbaccel.core.precision import resolve_precision
+
+    return resolve_precision("auto", torch.device("cuda", torch.cuda.current_device()))
+
+
 def gpu_benchmarks(root: Path, timm_benchmark: Path | None) -> None:
     folder = nbaccel.datasets.digits(root=root)
     peak = next(
-        (v for k, v in PEAK_BF16.items() if k in torch.cuda.get_device_name()), None
+        (v for k, v in PEAK_FLOPS.items() if k in torch.cuda.get_device_name()), None
     )
+    precision = gpu_precision()
     for backbone in GPU_MODELS:
         run = nbaccel.fasttrain(
             folder,
             backbone=backbone,
             pretrained=False,
             freeze=0,
-            precision="bf16",
+            precision=precision,
             image_size=224,
             epochs=3,
             stop="none",
@@ -256,7 +266,7 @@ def gpu_benchmarks(root: Path, timm_benchmark: Path | None) -> None:
             "gpu_images_per_s",
             round(speed),
             model=f"{backbone}@224px",
-            precision="bf16",
+            precision=precision,
             batch=run.events[0].batch_size,
             setup=run.events[0].speedups,
             forward_gflops=round(flops / 1e9, 2),
@@ -264,7 +274,7 @@ def gpu_benchmarks(root: Path, timm_benchmark: Path | None) -> None:
         )
         if timm_benchmark is not None:
             theirs = timm_train_images_per_s(
-                timm_benchmark, backbone, run.events[0].batch_size
+                timm_benchmark, backbone, run.events[0].batch_size, precision
             )
             emit(
                 "timm_train_ratio",
@@ -275,15 +285,27 @@ def gpu_benchmarks(root: Path, timm_benchmark: Path | None) -> None:
 
 
 def forward_flops(backbone: str) -> float:
+    """FLOPs of one image's forward pass at the model's default input size. Attention is
+    counted through its maths (two matrix products): the fused attention kernels have no
+    FLOP formula on a CPU, so they would count as nothing (vit_small: 8.48 instead of 9.20
+    GFLOPs)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     model = timm.create_model(backbone).eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.randn(1, 3, 224, 224))
+    size = model.pretrained_cfg["input_size"]
+    with (
+        FlopCounterMode(display=False) as counter,
+        torch.no_grad(),
+        sdpa_kernel(SDPBackend.MATH),
+    ):
+        model(torch.randn(1, *size))
     return counter.get_total_flops()
 
 
-def timm_train_images_per_s(script: Path, backbone: str, batch: int) -> float | None:
+def timm_train_images_per_s(
+    script: Path, backbone: str, batch: int, precision: str
+) -> float | None:
     result = subprocess.run(
         [
             sys.executable,
@@ -294,7 +316,7 @@ def timm_train_images_per_s(script: Path, backbone: str, batch: int) -> float | 
             backbone,
             "--amp",
             "--amp-dtype",
-            "bfloat16",
+            "bfloat16" if precision == "bf16" else "float16",
             "--batch-size",
             str(batch),
             "--img-size",

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -43,7 +44,7 @@ from nbaccel.core.layout import place_model, restore_layout, tuned_kernels
 from nbaccel.core.loaders import create_loaders
 from nbaccel.core.memory import MicroBatches, fit_batch_size
 from nbaccel.core.model import best_state_copy, count_params, set_train_mode
-from nbaccel.core.optimizer import create_optimizer, lr_factor, set_learning_rate
+from nbaccel.core.optimizer import create_optimizer, create_schedule
 from nbaccel.core.plan import Plan
 from nbaccel.core.precision import create_grad_scaler
 from nbaccel.core.steps import eval_step, forward_backward, optimizer_step
@@ -105,6 +106,7 @@ def run_training(
         optimizer = create_optimizer(
             model, plan.head_lr, plan.backbone_lr, plan.fused.value
         )
+        schedule = create_schedule(optimizer, steps, plan.head_lr)
         scaler = create_grad_scaler(plan.device, plan.precision)
         micro = MicroBatches(batch.value, plan.device)
         history: list[dict] = []
@@ -114,7 +116,16 @@ def run_training(
             # requests, the time budget and NaN are checked between steps.
             started = time.perf_counter()
             interrupted, last = train_epoch(
-                model, trainee, optimizer, scaler, micro, plan, epoch, emit, control
+                model,
+                trainee,
+                optimizer,
+                schedule,
+                scaler,
+                micro,
+                plan,
+                epoch,
+                emit,
+                control,
             )
             if not interrupted:
                 interrupted, val_loss, val_acc = evaluate(
@@ -287,6 +298,7 @@ def train_epoch(
     model: nn.Module,
     trainee: Trainee,
     optimizer: torch.optim.Optimizer,
+    schedule: CosineLRScheduler,
     scaler: torch.amp.GradScaler,
     micro: MicroBatches,
     plan: Plan,
@@ -298,7 +310,7 @@ def train_epoch(
     epoch's last Progress: its mean loss and images/s)."""
     set_train_mode(model)
     steps = trainee.steps_per_epoch
-    first_step, total_steps = (epoch - 1) * steps, plan.epochs * steps
+    first_step = (epoch - 1) * steps
     time_limit = plan.stop_rule.time_limit_s
     loss_sum = torch.zeros((), device=plan.device)  # summed on the device: no sync
     images, started = 0, time.perf_counter()
@@ -315,7 +327,6 @@ def train_epoch(
             return "user", last
         if time_limit is not None and control.elapsed() >= time_limit:
             return "time", last
-        set_learning_rate(optimizer, lr_factor(first_step + step - 1, total_steps))
         gradients = partial(
             forward_backward,
             trainee.step_module,
@@ -329,6 +340,7 @@ def train_epoch(
         # Out of memory, only the forward and backward are repeated, in pieces.
         loss_sum += micro.run(gradients, on_split, clear_gradients)
         optimizer_step(optimizer, scaler)
+        schedule.step_update(first_step + step)  # the rate for the next step
         images += len(targets)
         if step % PROGRESS_EVERY == 0 or step == steps:
             mean_loss = loss_sum.item() / step  # the host sync, once in a while

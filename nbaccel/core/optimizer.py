@@ -1,11 +1,10 @@
-"""AdamW with a lower learning rate for the backbone than for the new head, and a
-warm-up + cosine schedule applied by hand each step (as nanoGPT's `get_lr`)."""
+"""AdamW with a lower learning rate for the backbone than for the new head, and timm's
+warm-up + cosine schedule, stepped after every optimizer step."""
 
 from __future__ import annotations
 
-import math
-
 import torch
+from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from nbaccel.core.decision import Decision
@@ -57,8 +56,11 @@ def create_optimizer(
     model: nn.Module, head_lr: float, backbone_lr: float, fused: bool = False
 ) -> torch.optim.AdamW:
     """AdamW over the trainable parameters in up to four groups: head or backbone, with or
-    without weight decay (biases and norm weights get none, as timm's param_groups_weight_decay).
-    `fused`: torch's single-kernel implementation (the same update, faster)."""
+    without weight decay (biases and norm weights get none, as timm's
+    param_groups_weight_decay). Every group starts at `head_lr` with an `lr_scale` (1 for
+    the head, backbone_lr / head_lr for the backbone), which timm's schedulers apply, as
+    they do for timm's own param_groups_layer_decay. `fused`: torch's single-kernel
+    implementation (the same update, faster)."""
     head = {id(p) for p in model.get_classifier().parameters()}
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
@@ -68,8 +70,8 @@ def create_optimizer(
     param_groups = [
         {
             "params": params,
-            "lr": head_lr if is_head else backbone_lr,
-            "base_lr": head_lr if is_head else backbone_lr,
+            "lr": head_lr,
+            "lr_scale": 1.0 if is_head else backbone_lr / head_lr,
             "weight_decay": 0.0 if no_decay else WEIGHT_DECAY,
         }
         for (is_head, no_decay), params in groups.items()
@@ -77,15 +79,19 @@ def create_optimizer(
     return torch.optim.AdamW(param_groups, fused=fused or None)
 
 
-def lr_factor(step: int, total_steps: int) -> float:
-    """Linear warm-up over the first 5% of steps (at most 100), then cosine decay to 1%."""
+def create_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, head_lr: float
+) -> CosineLRScheduler:
+    """timm's cosine schedule over `total_steps` optimizer steps: a linear warm-up over the
+    first 5% of them (at most 100), then cosine decay to 1% of each group's rate. Call
+    `step_update(steps_done)` after every optimizer step."""
     warmup = min(100, max(1, total_steps // 20))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def set_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factor
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=max(1, total_steps - warmup),
+        lr_min=0.01 * head_lr,
+        warmup_t=warmup,
+        warmup_lr_init=head_lr / warmup,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
