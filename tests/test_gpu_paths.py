@@ -182,7 +182,8 @@ def test_a_stopped_runs_model_predicts_in_fp32_off_its_device(digits_high, monke
     """#17.4: a stopped fp16 run's model sits on the CPU; it predicts in fp32 there, not
     under CPU fp16 autocast (20x slower for resnet18)."""
     run = nbaccel.fasttrain(digits_high, background=False, **ONE_EPOCH)
-    run.precision, run._device = "fp16", CUDA  # as an fp16 CUDA run, stopped
+    monkeypatch.setattr(type(run), "precision", property(lambda self: "fp16"))
+    run._device = CUDA  # as an fp16 CUDA run whose stopped model went to the CPU
     casts = []
     real = torch.autocast
     monkeypatch.setattr(

@@ -70,9 +70,12 @@ def test_loading_twice_is_harmless_and_unloading_stops_a_live_run(
     )
     assert len(shown) == 1  # one panel, even with the extension loaded twice
     wait_for(lambda: len(run.history) >= 1)
+    hooks = ip.events.callbacks["post_run_cell"]
+    assert hooks.count(nbaccel.magics.release_openmp_after_cell) == 1  # (#16)
     ip.run_line_magic("unload_ext", "nbaccel")
     assert run.status == "stopped" and run.reason == "user"
     assert ip.find_line_magic("fasttrain") is None
+    assert nbaccel.magics.release_openmp_after_cell not in hooks
     ip.run_line_magic("load_ext", "nbaccel")  # the fixture unloads it again
     assert ip.find_line_magic("fasttrain") is not None
 

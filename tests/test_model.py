@@ -72,14 +72,18 @@ def test_freeze_options_by_name_match_a_real_model_and_leave_the_rng_alone():
     assert by_name == list_freeze_options(real)
 
 
-def test_auto_freeze_rule():
+def test_auto_freeze_keeps_a_pretrained_backbones_early_layers_frozen():
+    """(#16) The stem and early stages (at most 2% of the weights, at most half the
+    groups) stay frozen, whatever the data size; random weights all train."""
     groups = list_layer_groups(timm.create_model("resnet18", num_classes=2))
-    assert resolve_freeze_depth("auto", groups, False, 50)[0] == 0
-    assert resolve_freeze_depth("auto", groups, True, 50)[0] == 5
-    depth, reason = resolve_freeze_depth("auto", groups, True, 500)
-    assert depth == 2 and "500 training images per class" in reason
-    assert resolve_freeze_depth("auto", groups, True, 5000)[0] == 1
-    assert resolve_freeze_depth("all", groups, True, 5)[0] == 5
+    assert resolve_freeze_depth("auto", groups, False)[0] == 0
+    depth, reason = resolve_freeze_depth("auto", groups, True)
+    assert depth == 2 and "stem..layer1" in reason and "1.4% of the weights" in reason
+    lite0 = list_layer_groups(timm.create_model("tf_efficientnet_lite0", num_classes=2))
+    assert resolve_freeze_depth("auto", lite0, True)[0] == 4  # stem..blocks.2
+    vit = list_layer_groups(timm.create_model("vit_small_patch16_224", num_classes=2))
+    assert resolve_freeze_depth("auto", vit, True)[0] == 1  # the patch embedding
+    assert resolve_freeze_depth("all", groups, True)[0] == 5
 
 
 def test_freeze_deeper_than_the_groups_is_refused_listing_them():
@@ -88,7 +92,7 @@ def test_freeze_deeper_than_the_groups_is_refused_listing_them():
         ValueError,
         match=r"freeze=9 is deeper than the backbone's 5 layer groups \(stem, layer1",
     ):
-        resolve_freeze_depth(9, groups, True, 100)
+        resolve_freeze_depth(9, groups, True)
 
 
 def test_unknown_backbone_suggests_close_names():

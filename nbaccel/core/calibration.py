@@ -28,7 +28,7 @@ from nbaccel.core.optimizer import create_optimizer
 from nbaccel.core.plan import Plan
 from nbaccel.core.precision import autocast
 from nbaccel.core.steps import Batch, eval_step, trial_step
-from nbaccel.core.timing import MAX_STEPS, release, time_steps
+from nbaccel.core.timing import MAX_STEPS, MIN_STEPS, release, time_steps
 
 BUDGET_S = 4.0  # timed seconds for all configurations together
 WARMUP_STEPS = 3  # untimed steps for the first configuration...
@@ -42,12 +42,14 @@ def calibrate(
     train_loader: DataLoader,
     val_loader: DataLoader,
     stop_requested: Callable[[], bool] = lambda: False,
+    timed: Optional[dict[str, float]] = None,
     budget_s: float = BUDGET_S,
 ) -> Optional[Calibration]:
     """Times the baseline's and the run's steps on the loaders' real batches.
 
     Returns None when a stop is asked for meanwhile. `model` is on the run's device; it is
-    copied, never trained.
+    copied, never trained. `timed`: seconds per step of the run's own configuration in a
+    precision, already measured on this batch (by the bf16 probe), not timed again.
     """
     started = time.perf_counter()
     device, depth, precision = plan.device, plan.freeze_depth, plan.precision
@@ -61,7 +63,9 @@ def calibrate(
     }
     share = budget_s / (len(set(configs.values())) + len({"fp32", precision}))
     notes: list[str] = []
-    measured: dict[tuple[int, str, bool], tuple[float, int]] = {}
+    measured: dict[tuple[int, str, bool], tuple[float, int]] = {
+        (depth, p, True): (seconds, MIN_STEPS) for p, seconds in (timed or {}).items()
+    }
     for name, config in configs.items():
         if config not in measured:
             warmup = LATER_WARMUP_STEPS if measured else WARMUP_STEPS
@@ -92,6 +96,7 @@ def calibrate(
         if plan.feature_cache.value
         else {}
     )
+    optimizer_gain_s = _time_fused_gain(plan, model, train[0], notes)
     return Calibration(
         train_data_s=train_data_s,
         val_data_s=val_data_s,
@@ -104,7 +109,7 @@ def calibrate(
         cost_s=time.perf_counter() - started,
         cached_train_data_s=cached_train_s,
         cached_val_data_s=cached_val_s,
-        optimizer_gain_s=_time_fused_gain(plan, model, train[0], notes),
+        optimizer_gain_s=optimizer_gain_s,
         notes=tuple(notes),
         **features,
     )
@@ -217,8 +222,8 @@ def _time_fused_gain(
         seconds = {}
         for fused in (False, True):
             optimizer = create_optimizer(copied, plan.head_lr, plan.backbone_lr, fused)
-            seconds[fused], _ = time_steps(
-                lambda _, o=optimizer: o.step(), [None], plan.device
+            seconds[fused], _ = time_steps(  # 3 warm-up steps, then 2 timed
+                lambda _, o=optimizer: o.step(), [None], plan.device, share_s=0.0
             )
         gain = max(0.0, seconds[False] - seconds[True])
     except torch.cuda.OutOfMemoryError:

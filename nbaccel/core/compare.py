@@ -2,7 +2,8 @@
 check the projected saving against the measured one.
 
     cmp = nbaccel.compare(data, backbone="resnet18", freeze="all", epochs=4)
-    cmp.wait().speedup, cmp.projection_error, cmp.time_to_target
+    cmp.wait().speedup       # baseline's time to its best val_acc / the accelerated run's
+    cmp.verdict, cmp.time_to_target, cmp.projection_error
 """
 
 from __future__ import annotations
@@ -12,8 +13,13 @@ import threading
 from typing import Any, Optional
 
 from nbaccel.core.config import TrainConfig, check_option_names, signature_with_options
+from nbaccel.core.openmp import release_thread_pool
 from nbaccel.core.prepare import prepare_plan
 from nbaccel.core.run import Run, TrainingFailed
+
+# The baseline's learning rate when the user gives none: what a hand-written fine-tune of
+# every layer with AdamW commonly uses (and the rate of the issue's hand-written loop).
+HAND_LR = 1e-3
 
 
 class Comparison:
@@ -37,6 +43,8 @@ class Comparison:
     def start(self) -> Comparison:
         """Starts the runs in turn (once)."""
         if self._thread.ident is None:
+            if self.accelerated.device == "cpu":  # one OpenMP pool: see openmp.py
+                release_thread_pool()
             self._thread.start()
         return self
 
@@ -104,23 +112,17 @@ class Comparison:
         return None if projected is None or not measured else projected / measured
 
     @property
-    def speedup(self) -> Optional[float]:
-        """Baseline wall time / accelerated wall time, both measured."""
-        baseline, accelerated = self.measured_baseline_s, self.accelerated_s
-        return None if baseline is None or not accelerated else baseline / accelerated
-
-    @property
     def target(self) -> Optional[float]:
-        """The accuracy both runs are timed to: as given, else the lower of their best."""
+        """The val_acc both runs are timed to: as given, else the baseline's highest (what
+        the user would have got by hand). None until the baseline has finished."""
         if self._target is not None:
             return self._target
-        if self.status != "finished":
-            return None
-        return min(run.best["val_acc"] for run in self.runs().values())  # type: ignore[index]
+        return self.best["baseline"] if self.baseline.status == "finished" else None
 
     @property
     def time_to_target(self) -> dict[str, Optional[float]]:
-        """Seconds until each run first reached `target` val_acc (None if it never did)."""
+        """Seconds (each run's own clock) until each run first reached `target` val_acc;
+        None for a run that never did."""
         target = self.target
         return {
             name: _first_reaching(run, target)
@@ -130,24 +132,67 @@ class Comparison:
             )
         }
 
+    @property
+    def speedup(self) -> Optional[float]:
+        """The time saved at equal accuracy: the baseline's time to `target` over the
+        accelerated run's. None when the accelerated run never reached it (then nothing
+        was saved at equal accuracy), or while the comparison runs."""
+        reached = self.time_to_target
+        baseline, accelerated = reached["baseline"], reached["accelerated"]
+        return None if baseline is None or not accelerated else baseline / accelerated
+
+    @property
+    def verdict(self) -> str:
+        """The comparison in one sentence, saying plainly when the target was not reached."""
+        target, reached = self.target, self.time_to_target
+        if self.status != "finished" or target is None:
+            return f"the comparison is {self.status}"
+        best = self.best
+        if reached["accelerated"] is None:
+            return (
+                f"the accelerated run never reached val_acc {target:.3f} (its best: "
+                f"{best['accelerated']:.3f}; the baseline's: {best['baseline']:.3f}), so "
+                "it saved no time at equal accuracy"
+            )
+        if reached["baseline"] is None:
+            return (
+                f"the baseline never reached val_acc {target:.3f} (its best: "
+                f"{best['baseline']:.3f}); the accelerated run did in "
+                f"{reached['accelerated']:.1f} s"
+            )
+        return (
+            f"val_acc {target:.3f} in {reached['accelerated']:.1f} s against the "
+            f"baseline's {reached['baseline']:.1f} s: {self.speedup:.2f}x sooner"
+        )
+
+    @property
+    def best(self) -> dict[str, Optional[float]]:
+        """Each run's highest val_acc over its epochs (None before its first epoch)."""
+        return {
+            name: max((row["val_acc"] for row in run.history), default=None)
+            for name, run in self.runs().items()
+        }
+
     def summary(self) -> dict[str, Any]:
         """Every figure of the comparison, for printing or logging."""
         return dict(
             status=self.status,
+            target=self.target,
+            best=self.best,
+            time_to_target=self.time_to_target,
+            speedup=self.speedup,
+            verdict=self.verdict,
             projected_baseline_s=self.projected_baseline_s,
             measured_baseline_s=self.measured_baseline_s,
             accelerated_s=self.accelerated_s,
             projection_error=self.projection_error,
-            speedup=self.speedup,
-            target=self.target,
-            time_to_target=self.time_to_target,
         )
 
     def __repr__(self) -> str:
         figures = ", ".join(
             f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value!r}"
             for name, value in self.summary().items()
-            if name != "time_to_target"
+            if name not in ("time_to_target", "best", "verdict")
         )
         return f"<nbaccel.Comparison {figures}>"
 
@@ -184,7 +229,7 @@ def compare(
 
     Args:
         data: as for fasttrain().
-        target: the val_acc to time both runs to; by default the lower of their best.
+        target: the val_acc to time both runs to; by default the baseline's best.
         background: False blocks until both runs have ended.
         **options: fasttrain()'s options, for the accelerated run.
 
@@ -212,14 +257,16 @@ def prepare_comparison(
     accelerated = prepare_plan(config)
     baseline = dataclasses.replace(
         config,
+        lr=config.lr if config.lr != "auto" else HAND_LR,
         freeze=0,
         precision="fp32",
         stop="none",
         baseline="off",
         # What a hand-written loop does: the same pixels (the augmentation "auto" chose for
         # the accelerated run), nothing cached or compiled, the default layout, the
-        # default AdamW.
+        # default AdamW, and timm's own initialisation of the new head.
         augment=accelerated.augment,
+        head_init="timm",
         cache=False,
         compile=False,
         channels_last=False,

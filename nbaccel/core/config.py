@@ -207,8 +207,15 @@ class TrainConfig:
     freeze: Union[int, str] = option(
         "auto",
         "k freezes layer groups 0..k-1; 0 trains all; 'all' the head only; 'auto' "
-        "picks by data size",
+        "freezes a pretrained backbone's early layers (2% of its weights)",
         _freeze,
+    )
+    head_init: str = option(
+        "auto",
+        "a new head starts at 'zero' (BiT's fine-tuning init), or with 'timm''s own "
+        "init; 'auto' is zero on pretrained weights",
+        one_of("auto", "zero", "timm"),
+        choices=("auto", "zero", "timm"),
     )
     precision: str = option(
         "auto",
@@ -231,7 +238,8 @@ class TrainConfig:
     )
     lr: Union[float, str] = option(
         "auto",
-        "head learning rate, or 'auto' (3e-3; pretrained backbone groups get a tenth)",
+        "learning rate of every layer that trains, or 'auto' (1e-3 when pretrained "
+        "layers train, 3e-3 when only new weights do)",
         _lr,
     )
     image_size: Optional[int] = option(
@@ -247,7 +255,7 @@ class TrainConfig:
     augment: str = option(
         "auto",
         "'light' (random crops of 80-100%), 'flip' (crops and horizontal flips), "
-        "'none', or 'auto' (light; none when only the head trains)",
+        "'none', or 'auto' (none for the head alone or up to 10 epochs, else light)",
         one_of(*AUGMENTS),
         choices=AUGMENTS,
     )

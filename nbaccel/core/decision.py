@@ -10,7 +10,7 @@ from typing import Union
 @dataclass(frozen=True)
 class Decision:
     name: str  # "feature cache", "compile", "batch size", ...
-    value: Union[bool, int]  # on/off, or a number (workers, batch size)
+    value: Union[bool, int, str]  # on/off, a number (workers, batch size), a precision
     why: str  # the user's choice, or the "auto" rule's words
 
     def line(self) -> str:

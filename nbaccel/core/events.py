@@ -40,6 +40,9 @@ class RunStarted:
     # one line per speed-up: "feature cache: off (why)", "compile: on (why)", ...
     speedups: tuple[str, ...] = ()
     val_batches: int = 0  # validation batches per epoch
+    head_init: str = (
+        ""  # how the new head started: "zeros", "timm's initialisation", ...
+    )
 
 
 @dataclass(frozen=True)

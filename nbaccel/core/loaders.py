@@ -97,6 +97,20 @@ def decide_image_cache(
     )
 
 
+SHORT_BUDGET = 10  # epochs: "auto" augments only longer fine-tunes
+
+
+def resolve_augment(requested: str, frozen_all: bool, epochs: int) -> str:
+    """What augment="auto" becomes: "none" for a head-only run (its frozen features can
+    then be cached) and for a short fine-tune (at most 10 epochs), which converged sooner
+    without random crops and reached the same best accuracy (docs/design.md); "light"
+    random crops for longer ones, against overfitting. Flips are never automatic: they
+    change the meaning of digits, text and some scans."""
+    if requested != "auto":
+        return requested
+    return "none" if frozen_all or epochs <= SHORT_BUDGET else "light"
+
+
 def create_transforms(
     model: torch.nn.Module, image_size: Optional[int], augment: str
 ) -> tuple[Any, Any, dict]:

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
+from nbaccel.core.auto_precision import decide_cpu_precision
 from nbaccel.core.calibration import calibrate
 from nbaccel.core.compiling import (
     compile_model,
@@ -43,10 +44,15 @@ from nbaccel.core.features import FeatureCache
 from nbaccel.core.layout import place_model, restore_layout, tuned_kernels
 from nbaccel.core.loaders import create_loaders
 from nbaccel.core.memory import MicroBatches, fit_batch_size
-from nbaccel.core.model import best_state_copy, count_params, set_train_mode
+from nbaccel.core.model import (
+    best_state_copy,
+    count_params,
+    recompute_batch_norm,
+    set_train_mode,
+)
 from nbaccel.core.optimizer import create_optimizer, create_schedule
 from nbaccel.core.plan import Plan
-from nbaccel.core.precision import create_grad_scaler
+from nbaccel.core.precision import autocast, create_grad_scaler
 from nbaccel.core.steps import eval_step, forward_backward, optimizer_step
 from nbaccel.core.stopping import is_better
 from nbaccel.core.timing import now, release
@@ -79,11 +85,11 @@ def run_training(
     seed_everything(plan.seed)
     control.start_clock()
     model = place_model(plan.model, plan.device, plan.channels_last.value)
-    batch = fit_batch_size(plan, model)
+    plan, timed = settle_on_device(plan, model)
     loaders = create_loaders(
         plan.train,
         plan.val,
-        batch.value,
+        plan.batch_size.value,
         plan.device,
         plan.workers.value,
         torch.Generator().manual_seed(plan.seed),
@@ -91,11 +97,11 @@ def run_training(
     steps = plan.epochs * len(loaders[0])
     wanted = decide_compile(plan.compile, plan.device, steps, plan.feature_cache.value)
     with compile_slot(wanted) as compiled, tuned_kernels(plan.device):
-        emit(RunStarted(**describe_start(plan, batch, compiled, *loaders)))
+        emit(RunStarted(**describe_start(plan, compiled, *loaders)))
         # 2. Time the baseline's steps and this run's; compile; cache the frozen
         # features. All of it counts in elapsed. Then seed again: none of it may
         # change the run.
-        calibration = measure_baseline(plan, model, loaders, control)
+        calibration = measure_baseline(plan, model, loaders, control, timed)
         compiled_before = compile_seconds()
         trainee = prepare_trainee(plan, model, loaders, compiled, emit, control)
         if trainee is None:
@@ -108,7 +114,8 @@ def run_training(
         )
         schedule = create_schedule(optimizer, steps, plan.head_lr)
         scaler = create_grad_scaler(plan.device, plan.precision)
-        micro = MicroBatches(batch.value, plan.device)
+        micro = MicroBatches(plan.batch_size.value, plan.device)
+        norm_sample = batch_norm_sample(plan, model)
         history: list[dict] = []
         best_state, best_epoch, reason = None, None, "epochs"
         for epoch in range(1, plan.epochs + 1):
@@ -129,7 +136,7 @@ def run_training(
             )
             if not interrupted:
                 interrupted, val_loss, val_acc = evaluate(
-                    model, trainee, micro, plan, control, emit, last
+                    model, trainee, micro, plan, control, emit, last, norm_sample
                 )
             if interrupted:
                 reason = interrupted
@@ -174,28 +181,63 @@ def run_training(
     return ("stopped" if reason == "user" else "finished"), reason, best_epoch
 
 
+NORM_SAMPLE_IMAGES = 256  # training images that re-estimate BatchNorm before evaluating
+
+
+def batch_norm_sample(plan: Plan, model: nn.Module) -> list[torch.Tensor]:
+    """NORM_SAMPLE_IMAGES training images drawn at random once (with a seeded generator of
+    their own: the run's shuffle and augmentation are left alone), in batches, when the
+    model has BatchNorm layers that train; else none. At random: a folder's first images
+    are its first classes, whose statistics are not the data's."""
+    trains = any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and any(p.requires_grad for p in m.parameters(recurse=False))
+        for m in model.modules()
+    )
+    if not trains:
+        return []
+    total = len(plan.train)  # type: ignore[arg-type]
+    drawn = torch.randperm(total, generator=torch.Generator().manual_seed(plan.seed))
+    chosen = drawn[:NORM_SAMPLE_IMAGES].tolist()
+    size = plan.batch_size.value
+    return [
+        default_collate([plan.train[i] for i in chosen[start : start + size]])[0]
+        for start in range(0, len(chosen), size)
+    ]
+
+
 def seed_everything(seed: int) -> None:
     """timm's random crops draw from Python's `random`, torchvision's from torch's."""
     random.seed(seed)
     torch.manual_seed(seed)
 
 
+def settle_on_device(plan: Plan, model: nn.Module) -> tuple[Plan, dict[str, float]]:
+    """The plan completed with what only this device can tell, measured on this thread:
+    the batch size that fits (a CUDA probe), whether bf16 pays (a CPU's "auto"). Returns it
+    with the seconds per step the bf16 probe timed (the calibration reuses them)."""
+    plan = replace(plan, batch_size=fit_batch_size(plan, model), probe_batch=False)
+    if not plan.probe_precision:
+        return plan, {}
+    size = min(plan.batch_size.value, len(plan.train))  # type: ignore[arg-type]
+    first = default_collate([plan.train[i] for i in range(size)])
+    precision, timed = decide_cpu_precision(plan, model, first)
+    return replace(plan, precision_choice=precision, probe_precision=False), timed
+
+
 def describe_start(
-    plan: Plan,
-    batch: Decision,
-    compiled: Decision,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
+    plan: Plan, compiled: Decision, train_loader: DataLoader, val_loader: DataLoader
 ) -> dict:
-    """The RunStarted fields: the plan, and what this thread decided (batch, compile)."""
+    """The RunStarted fields: the settled plan, and whether this thread compiles."""
     decisions = (
+        plan.precision_choice,
         plan.feature_cache,
         plan.image_cache,
         plan.workers,
         compiled,
         plan.channels_last,
         plan.fused,
-        batch,
+        plan.batch_size,
     )
     return dict(
         backbone=plan.backbone,
@@ -210,7 +252,7 @@ def describe_start(
         class_names=plan.class_names,
         train_images=len(plan.train),  # type: ignore[arg-type]
         val_images=len(plan.val),  # type: ignore[arg-type]
-        batch_size=batch.value,
+        batch_size=plan.batch_size.value,
         epochs=plan.epochs,
         steps_per_epoch=len(train_loader),
         head_lr=plan.head_lr,
@@ -220,18 +262,23 @@ def describe_start(
         augment=plan.augment,
         speedups=tuple(decision.line() for decision in decisions),
         val_batches=len(val_loader),
+        head_init=plan.head_init,
     )
 
 
 def measure_baseline(
-    plan: Plan, model: nn.Module, loaders: tuple, control: Control
+    plan: Plan,
+    model: nn.Module,
+    loaders: tuple,
+    control: Control,
+    timed: dict[str, float],
 ) -> Optional[Calibration]:
     """The calibration, unless baseline="off", a stop came first, or not even one image
     fits in GPU memory for the baseline (the run goes on without savings)."""
     if not plan.measure_baseline:
         return None
     try:
-        return calibrate(plan, model, *loaders, control.stop_requested.is_set)
+        return calibrate(plan, model, *loaders, control.stop_requested.is_set, timed)
     except torch.cuda.OutOfMemoryError:
         pass
     release(plan.device)  # after the except block, which held the failed step
@@ -361,10 +408,18 @@ def evaluate(
     control: Control,
     emit: Emit,
     last: Progress,
+    norm_sample: list[torch.Tensor],
 ) -> tuple[Optional[str], float, float]:
     """(interruption reason or None, mean loss, accuracy) on the validation data: "user"
     when a stop was asked for, "nan" when the loss is not finite. `last` is the epoch's
-    last Progress, repeated with a note if the validation batches must be split."""
+    last Progress, repeated with a note if the validation batches must be split. The
+    training BatchNorm layers' statistics are first re-estimated on `norm_sample`."""
+
+    def forward(network: nn.Module, inputs: torch.Tensor) -> None:
+        with autocast(plan.device, plan.precision):
+            network(inputs.to(plan.device, memory_format=trainee.memory_format))
+
+    recompute_batch_norm(model, norm_sample, forward)
     model.eval()
     loss_sum = torch.zeros((), device=plan.device)
     correct = torch.zeros((), device=plan.device, dtype=torch.long)

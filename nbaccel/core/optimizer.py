@@ -9,16 +9,25 @@ from torch import nn
 
 from nbaccel.core.decision import Decision
 
-DEFAULT_LR = 3e-3  # AdamW; 1e-3 underfits short fine-tunes, 1e-2 is harsh on large ViTs
-BACKBONE_LR_FACTOR = 0.1  # pretrained layers move 10x slower than the new head
+FINE_TUNE_LR = (
+    1e-3  # "auto" when pretrained layers train: AdamW's usual fine-tuning rate
+)
+FRESH_LR = 3e-3  # "auto" when only new weights train: a random init, or the head alone
 WEIGHT_DECAY = 0.01
 
 
-def resolve_learning_rates(lr: object, pretrained: bool) -> tuple[float, float]:
-    """(head lr, backbone lr): "auto" is 3e-3 for the head; the backbone gets a tenth of the
-    head's rate when its weights are pretrained, the same rate when they are random."""
-    head_lr = DEFAULT_LR if lr == "auto" else float(lr)  # type: ignore[arg-type]
-    return head_lr, head_lr * BACKBONE_LR_FACTOR if pretrained else head_lr
+def resolve_learning_rates(
+    lr: object, pretrained: bool, backbone_trains: bool
+) -> tuple[float, float]:
+    """(head lr, backbone lr), the same rate for both (as BiT fine-tunes): a backbone at a
+    tenth of the head's rate adapted too slowly under a domain shift (ImageNet weights on
+    scanned digits: val_acc 0.21 after two epochs against 0.89). "auto" is 1e-3 when
+    pretrained layers train, 3e-3 when every weight that trains is new (random weights, or
+    the head alone on a frozen backbone)."""
+    if lr != "auto":
+        return float(lr), float(lr)  # type: ignore[arg-type]
+    rate = FINE_TUNE_LR if pretrained and backbone_trains else FRESH_LR
+    return rate, rate
 
 
 def decide_fused(requested: object, device: torch.device) -> Decision:

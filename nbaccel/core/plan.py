@@ -27,13 +27,15 @@ class Plan:
     backbone: str
     weights: str  # "timm hub", "random init" or the weights file's path
     device: torch.device
-    precision: str  # "fp32" | "bf16" | "fp16"
+    precision_choice: Decision  # "fp32" | "bf16" | "fp16", and why
+    probe_precision: bool  # CPU "auto": the training thread times bf16 against fp32
     model: (
         nn.Module
     )  # on the CPU, frozen as planned, until the training thread moves it
     groups: tuple[LayerGroup, ...]
     freeze_depth: int
     freeze_reason: str
+    head_init: str  # how the new head started: "zeros", "timm's initialisation", ...
     class_names: tuple[str, ...]
     train: (
         Dataset  # the training images with their transform (loaders.TransformedImages)
@@ -55,6 +57,10 @@ class Plan:
     workers: Decision
     channels_last: Decision
     fused: Decision
+
+    @property
+    def precision(self) -> str:
+        return str(self.precision_choice.value)
 
     @property
     def memory_format(self) -> torch.memory_format:

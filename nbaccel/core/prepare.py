@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from nbaccel.core.auto_precision import plan_precision
 from nbaccel.core.compiling import check_compile
 from nbaccel.core.config import TrainConfig
 from nbaccel.core.data import resolve_sources
@@ -16,19 +17,21 @@ from nbaccel.core.loaders import (
     create_transforms,
     decide_image_cache,
     decide_workers,
+    resolve_augment,
 )
 from nbaccel.core.memory import plan_batch_size
 from nbaccel.core.model import (
     apply_freeze,
     create_backbone,
     describe_weights,
+    init_head,
     is_pretrained,
     list_layer_groups,
     resolve_freeze_depth,
 )
 from nbaccel.core.optimizer import decide_fused, resolve_learning_rates
 from nbaccel.core.plan import Plan
-from nbaccel.core.precision import resolve_device, resolve_precision
+from nbaccel.core.precision import resolve_device
 
 
 def prepare_plan(config: TrainConfig) -> Plan:
@@ -38,7 +41,7 @@ def prepare_plan(config: TrainConfig) -> Plan:
         ValueError: a choice that does not fit the data, the model or this machine.
     """
     device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
+    precision, probe_precision = plan_precision(config.precision, device)
     check_compile(config.compile, device)
     train, val = resolve_sources(config.data, config.val, config.seed)
     with torch.random.fork_rng(devices=[]):  # a seeded head; the user's RNG untouched
@@ -46,18 +49,13 @@ def prepare_plan(config: TrainConfig) -> Plan:
         model = create_backbone(
             config.backbone, config.pretrained, len(train.class_names)
         )
+    pretrained = is_pretrained(config.pretrained)
+    head_init = init_head(model, config.head_init, pretrained, len(train.class_names))
     groups = list_layer_groups(model)
-    depth, reason = resolve_freeze_depth(
-        config.freeze,
-        groups,
-        is_pretrained(config.pretrained),
-        len(train) / len(train.class_names),
-    )
+    depth, reason = resolve_freeze_depth(config.freeze, groups, pretrained)
     apply_freeze(model, groups, depth)
     frozen_all = depth == len(groups)
-    augment = config.augment
-    if augment == "auto":  # a linear probe's features can then be cached
-        augment = "none" if frozen_all else "light"
+    augment = resolve_augment(config.augment, frozen_all, config.epochs)
     train_tf, eval_tf, data_config = create_transforms(
         model, config.image_size, augment
     )
@@ -77,17 +75,19 @@ def prepare_plan(config: TrainConfig) -> Plan:
     )
     batch_size, probe_batch = plan_batch_size(config.batch_size, device, len(train))
     head_lr, backbone_lr = resolve_learning_rates(
-        config.lr, is_pretrained(config.pretrained)
+        config.lr, pretrained, backbone_trains=not frozen_all
     )
     return Plan(
         backbone=config.backbone,
         weights=describe_weights(config.pretrained),
         device=device,
-        precision=precision,
+        precision_choice=precision,
+        probe_precision=probe_precision,
         model=model,
         groups=tuple(groups),
         freeze_depth=depth,
         freeze_reason=reason,
+        head_init=head_init,
         class_names=train.class_names,
         train=train_images,
         val=val_images,
@@ -106,7 +106,7 @@ def prepare_plan(config: TrainConfig) -> Plan:
         image_cache=image_cache,
         workers=decide_workers(config.workers, train_images, device),
         channels_last=decide_channels_last(
-            config.channels_last, model, device, precision
+            config.channels_last, model, device, str(precision.value)
         ),
         fused=decide_fused(config.fused, device),
     )

@@ -22,8 +22,10 @@ from torch import nn
 from nbaccel.core.config import TrainConfig
 from nbaccel.core.control import Control, interrupt_stops
 from nbaccel.core.decision import Decision
-from nbaccel.core.events import Event, RunEnded, Savings
+from nbaccel.core.events import Event, RunEnded, RunStarted, Savings
+from nbaccel.core.host_memory import give_back_freed_memory, keep_freed_memory
 from nbaccel.core.loop import run_training
+from nbaccel.core.openmp import release_thread_pool
 from nbaccel.core.plan import Plan
 from nbaccel.core.predict import Predictions, predict
 from nbaccel.core.publisher import Publisher
@@ -57,10 +59,10 @@ class Run:
         self.config = config
         self.class_names: tuple[str, ...] = plan.class_names
         self.data_config: dict = plan.data_config
-        self.precision: str = plan.precision
         self._plan: Optional[Plan] = plan
         self._model: Optional[nn.Module] = plan.model
         self._device = plan.device
+        self._precision = plan.precision
         self._control = Control()
         self._publisher = Publisher()
         self._lock = threading.Lock()  # start() once
@@ -82,9 +84,10 @@ class Run:
         """Starts the run (once; later calls do nothing).
 
         background=False trains on the calling thread and returns once the run has ended
-        (scripts: on a CPU, a second thread's OpenMP pool competes with the first for the
-        cores, which cost 20% of the speed on 2 cores). There, Ctrl-C stops the run at the
-        next step, the best weights restored, then raises KeyboardInterrupt.
+        (scripts, `%fasttrain --wait`). There, Ctrl-C stops the run at the next step, the
+        best weights restored, then raises KeyboardInterrupt. On a CPU, starting in the
+        background first frees the calling thread's OpenMP pool (see openmp.py), so the
+        training thread runs at the calling thread's speed.
         """
         global _current_run
         with self._lock:
@@ -95,6 +98,8 @@ class Run:
             self._context = contextvars.copy_context()  # as it is now
             self._publisher.start()
             if background:
+                if self._device.type == "cpu":  # one OpenMP pool: openmp.py says why
+                    release_thread_pool()
                 self._trainer.start()
         if not background:
             self._train_here()
@@ -177,6 +182,17 @@ class Run:
         projected while the run goes, measured once it has ended. None with baseline="off"
         or before the calibration."""
         return self._publisher.savings
+
+    @property
+    def device(self) -> str:
+        """Where the run trains: "cpu", "cuda:0", "mps"."""
+        return str(self._device)
+
+    @property
+    def precision(self) -> str:
+        """The run's precision: as planned, or as the training thread settled "auto"."""
+        started = next((e for e in self.events if isinstance(e, RunStarted)), None)
+        return self._precision if started is None else started.precision
 
     @property
     def model(self) -> Optional[nn.Module]:
@@ -284,6 +300,8 @@ class Run:
     def _train(self) -> None:
         plan, self._plan = self._plan, None  # the thread holds the only reference
         assert plan is not None
+        if self._device.type == "cpu":
+            keep_freed_memory()  # see host_memory.py
         try:
             with torch.enable_grad():
                 status, reason, best_epoch = run_training(
@@ -308,4 +326,7 @@ class Run:
                 release(self._device)
         except Exception:  # noqa: BLE001 - a sticky CUDA error; the run must still end
             logger.exception("nbaccel could not give the GPU memory back after the run")
+        if self._device.type == "cpu":  # this thread's OpenMP workers (see openmp.py)
+            release_thread_pool()
+            give_back_freed_memory()
         self._publisher.queue.put(ended)

@@ -34,18 +34,23 @@ def format_count(count: int) -> str:
     return str(count)
 
 
-def savings_html(savings: Optional[Savings], progress: Optional[Progress]) -> str:
-    """The headline: saved so far and projected (or measured), with a tooltip that
-    says how each number was obtained."""
+def savings_html(
+    savings: Optional[Savings], progress: Optional[Progress], best: Optional[dict]
+) -> str:
+    """The headline: saved so far and projected (or measured) for the same epochs as the
+    baseline, with the run's best accuracy beside it (the time is compared at equal epochs;
+    only compare() compares at equal accuracy), and a tooltip that says how each number
+    was obtained."""
     if savings is None:
         return ""
     if savings.final and savings.epochs_run == 0:
         return "time saved: not measured (the run ended before its first epoch)"
+    epochs = round(savings.baseline_s / savings.baseline_epoch_s)
     pace = f"{savings.speedup:.2f}x the baseline's speed"
     if savings.final:
         headline = (
-            f"<b>{format_seconds(savings.saved_s)} saved</b> against the baseline "
-            f"({pace}): {format_seconds(savings.actual_s)} measured vs "
+            f"<b>{format_seconds(savings.saved_s)} saved</b> ({pace}): "
+            f"{format_seconds(savings.actual_s)} measured vs "
             f"{format_seconds(savings.baseline_s)} projected for the baseline"
         )
     else:
@@ -58,6 +63,11 @@ def savings_html(savings: Optional[Savings], progress: Optional[Progress]) -> st
         headline = (
             f"<b>{format_seconds(savings.saved_at(done, elapsed))} saved so far</b>, "
             f"{format_seconds(savings.saved_s)} projected ({pace})"
+        )
+    headline = f"for the same {epochs} epoch{'s' * (epochs != 1)}: {headline}"
+    if best is not None:
+        headline += (
+            f" · this run's best val_acc {best['val_acc']:.3f} (epoch {best['epoch']})"
         )
     causes = "; ".join(
         f"{cause} {seconds:+.1f} s ({how})" for cause, seconds, how in savings.by_cause
@@ -130,34 +140,48 @@ def comparison_status_html(comparison: Comparison) -> str:
 
 
 def comparison_summary_html(comparison: Comparison) -> str:
-    """The figures of an ended comparison as a table, or nothing while it runs."""
+    """The figures of an ended comparison as a table, or nothing while it runs: both runs'
+    best accuracy side by side, each one's time to the target ("not reached" plainly), the
+    speedup at equal accuracy, and how well the projection held."""
     if comparison.status != "finished":
         return ""
 
     def seconds(value: Optional[float]) -> str:
-        return "never" if value is None else f"{value:.1f} s"
+        return "<b>not reached</b>" if value is None else f"{value:.1f} s"
 
-    reached = comparison.time_to_target
+    target, best, reached = (
+        comparison.target,
+        comparison.best,
+        comparison.time_to_target,
+    )
+    speedup = comparison.speedup
     rows = [
+        ("", "accelerated", "baseline"),
+        ("best val_acc", f"{best['accelerated']:.3f}", f"{best['baseline']:.3f}"),
         (
-            "baseline, projected by the accelerated run",
-            seconds(comparison.projected_baseline_s),
-        ),
-        ("baseline, measured", seconds(comparison.measured_baseline_s)),
-        (
-            "projection error (projected / measured)",
-            f"{comparison.projection_error:.2f}",
-        ),
-        ("accelerated, measured", seconds(comparison.accelerated_s)),
-        ("speedup (baseline / accelerated)", f"{comparison.speedup:.2f}x"),
-        (
-            f"time to val_acc {comparison.target:.3f}: baseline",
+            f"time to val_acc {target:.3f}",
+            seconds(reached["accelerated"]),
             seconds(reached["baseline"]),
         ),
         (
-            f"time to val_acc {comparison.target:.3f}: accelerated",
-            seconds(reached["accelerated"]),
+            "wall time, whole run",
+            seconds(comparison.accelerated_s),
+            seconds(comparison.measured_baseline_s),
+        ),
+        (
+            "speedup at equal accuracy",
+            "none" if speedup is None else f"{speedup:.2f}x",
+            "",
+        ),
+        (
+            "the baseline's time, projected / measured",
+            f"{comparison.projection_error:.2f}"
+            if comparison.projection_error is not None
+            else "",
+            "",
         ),
     ]
-    body = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in rows)
-    return f"<table>{body}</table>"
+    body = "".join(
+        "<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f"<p>{html.escape(comparison.verdict)}</p><table>{body}</table>"

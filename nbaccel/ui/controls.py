@@ -248,8 +248,7 @@ class Controls:
         if self.freeze.value == "auto" or not options:
             self.freeze_info.value = (
                 "<small>auto: nothing frozen with random weights; with pretrained weights, "
-                "head only under 100 images per class, half the groups up to 1000, "
-                "else the stem</small>"
+                "the early layers (the leading groups with 2% of the weights)</small>"
             )
             return
         option = options[self.freeze.value]

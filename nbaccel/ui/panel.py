@@ -189,7 +189,8 @@ class Panel:
             else "Choose data and a backbone, then Start."
         )
         savings = self.run.savings if self.run else None
-        self.savings.value = savings_html(savings, self._progress)
+        best = self.run.best if self.run else None
+        self.savings.value = savings_html(savings, self._progress, best)
         self._render_progress(status)
         failed = self._ended is not None and self._ended.status == "failed"
         self.error.value = (

@@ -1,0 +1,51 @@
+"""Host memory for CPU training: keep freed blocks for reuse instead of giving each back to
+the operating system, as jemalloc and tcmalloc do (PyTorch's CPU tuning guide recommends
+them; nbaccel cannot swap a running kernel's allocator, so it tunes glibc's).
+
+By default glibc's malloc serves blocks over a threshold (128 KiB, raised as blocks are
+freed) with mmap and unmaps them when freed, and trims the top of its heap once 128 KiB is
+free there. A training step allocates and frees the same large activations every time, so
+each step can fault fresh, zeroed pages back in. Measured here: resnet18 at 32 px trained
+its second epoch at 560-620 images/s instead of 770-900 once the best epoch's weights had
+been copied to the host (the copy changed the heap's layout), and at 770-860 every epoch
+with the thresholds below. Linux with glibc only; elsewhere nothing is changed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters
+MMAP_THRESHOLD = 32 * 1024**2  # glibc's largest: blocks up to this come from the heap
+TRIM_THRESHOLD = 512 * 1024**2  # free memory kept at the heap's top before trimming
+
+
+def keep_freed_memory() -> bool:
+    """Sets glibc's thresholds so freed blocks are kept for reuse (process-wide, and it
+    stays: it changes speed, never results). True where it took effect."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    return bool(
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
+
+
+def give_back_freed_memory() -> None:
+    """Returns the free memory malloc kept to the operating system (after a run)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
