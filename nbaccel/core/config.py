@@ -217,6 +217,15 @@ class TrainConfig:
         one_of("auto", "zero", "timm"),
         choices=("auto", "zero", "timm"),
     )
+    bn_stats: Union[bool, str] = option(
+        "auto",
+        "re-estimate the statistics of the BatchNorm layers that train from 256 training "
+        "images before each evaluation: 'auto' (on), True, or False (the running "
+        "averages as they trained)",
+        _switch,
+        choices=SWITCHES,
+        parse=parse_switch,
+    )
     precision: str = option(
         "auto",
         "'auto' is bf16 on CUDA >= 8.0, fp16 on older CUDA, fp32 on a CPU",

@@ -187,14 +187,14 @@ NORM_SAMPLE_IMAGES = 256  # training images that re-estimate BatchNorm before ev
 def batch_norm_sample(plan: Plan, model: nn.Module) -> list[torch.Tensor]:
     """NORM_SAMPLE_IMAGES training images drawn at random once (with a seeded generator of
     their own: the run's shuffle and augmentation are left alone), in batches, when the
-    model has BatchNorm layers that train; else none. At random: a folder's first images
+    model has BatchNorm layers that train (and bn_stats is on); else none. At random: a folder's first images
     are its first classes, whose statistics are not the data's."""
     trains = any(
         isinstance(m, nn.modules.batchnorm._BatchNorm)
         and any(p.requires_grad for p in m.parameters(recurse=False))
         for m in model.modules()
     )
-    if not trains:
+    if not plan.bn_stats or not trains:
         return []
     total = len(plan.train)  # type: ignore[arg-type]
     drawn = torch.randperm(total, generator=torch.Generator().manual_seed(plan.seed))

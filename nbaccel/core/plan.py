@@ -36,6 +36,7 @@ class Plan:
     freeze_depth: int
     freeze_reason: str
     head_init: str  # how the new head started: "zeros", "timm's initialisation", ...
+    bn_stats: bool  # re-estimate training BatchNorm statistics before each evaluation
     class_names: tuple[str, ...]
     train: (
         Dataset  # the training images with their transform (loaders.TransformedImages)
