@@ -25,7 +25,7 @@ from nbaccel.core.precision import resolve_precision
 from nbaccel.core.steps import Batch, trial_step
 from nbaccel.core.timing import time_steps
 
-PROBE_S = 0.1  # timed seconds per precision, beyond the minimum of 2 steps
+PROBE_S = 0.0  # no time share: 1 untimed and 2 timed steps per precision
 MIN_GAIN = 1.1  # bf16 must be this much faster: a 3-step timing varies by ~5%
 LOSS_TOLERANCE = 0.05  # relative difference of the mean loss of the first two steps
 
