@@ -102,4 +102,4 @@ def test_stopping_a_comparison_never_starts_the_baseline(digits_high):
 
 def test_bad_choices_are_refused_before_anything_trains(digits_high):
     with pytest.raises(ValueError, match="precision must be one of"):
-        nbaccel.compare(digits_high, precision="fp8", **SMALL)
+        nbaccel.compare(digits_high, **{**SMALL, "precision": "fp8"})

@@ -19,6 +19,8 @@ from nbaccel.core.optimizer import resolve_learning_rates
 from nbaccel.core.prepare import prepare_plan
 from tests.conftest import SMALL
 
+AUTO = {**SMALL, "precision": "auto"}  # the CPU's precision decided by timing
+
 
 def test_a_new_head_on_pretrained_weights_starts_at_zero(source_weights):
     """BiT's init: every logit starts at 0, so the first loss is ln(classes) and a random
@@ -73,7 +75,7 @@ def test_cpu_precision_auto_takes_bf16_only_when_a_timed_step_is_faster(
         epochs=1,
         stop="none",
         background=False,
-        **SMALL,
+        **AUTO,
     )
     started = run.events[0]
     line = next(s for s in started.speedups if s.startswith("precision:"))
@@ -91,7 +93,7 @@ def test_cpu_precision_auto_takes_bf16_only_when_a_timed_step_is_faster(
 
 def test_cpu_precision_auto_is_fp32_without_bf16_instructions(digits_high, monkeypatch):
     monkeypatch.setattr(auto_precision, "native_bf16", lambda: False)
-    plan = prepare_plan(TrainConfig(digits_high, pretrained=False, **SMALL))
+    plan = prepare_plan(TrainConfig(digits_high, pretrained=False, **AUTO))
     assert plan.precision == "fp32" and not plan.probe_precision
     assert plan.precision_choice.why == "auto: no bf16 on this CPU"
 
@@ -102,7 +104,7 @@ def test_a_diverging_bf16_loss_keeps_fp32(digits_high, monkeypatch):
         auto_precision, "LOSS_TOLERANCE", -1.0
     )  # any difference is too much
     run = nbaccel.fasttrain(
-        digits_high, pretrained=False, epochs=1, stop="none", background=False, **SMALL
+        digits_high, pretrained=False, epochs=1, stop="none", background=False, **AUTO
     )
     assert run.events[0].precision == "fp32"
     assert "but its loss differed by" in next(

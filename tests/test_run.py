@@ -194,7 +194,6 @@ def test_best_weights_are_restored(digits_high):
     run = nbaccel.fasttrain(
         digits_high,
         pretrained=False,
-        precision="fp32",  # the val loss below is recomputed in fp32
         lr=0.02,
         epochs=4,
         stop="none",
@@ -374,11 +373,10 @@ def test_mixed_precision_trains_on_gpu(digits_high, precision):
     run = nbaccel.fasttrain(
         digits_high,
         pretrained=False,
-        precision=precision,
         epochs=2,
         stop="none",
         background=False,
-        **SMALL,
+        **{**SMALL, "precision": precision},
     )
     assert run.events[0].precision == precision and run.events[0].device.startswith(
         "cuda"

@@ -163,7 +163,6 @@ def test_out_of_memory_splits_the_batch_and_the_run_goes_on(digits_high):
         TrainConfig(
             digits_high,
             pretrained=False,
-            precision="fp32",  # as on a GPU: no bf16 timing on copies of the model
             epochs=1,
             stop="none",
             baseline="off",

@@ -415,19 +415,22 @@ def evaluate(
     last Progress, repeated with a note if the validation batches must be split. The
     training BatchNorm layers' statistics are first re-estimated on `norm_sample`."""
 
+    def on_split(text: str) -> None:
+        emit(replace(last, elapsed_s=control.elapsed(), note=text))
+
     def forward(network: nn.Module, inputs: torch.Tensor) -> None:
-        with autocast(plan.device, plan.precision):
-            network(inputs.to(plan.device, memory_format=trainee.memory_format))
+        def pieces(count: int) -> None:
+            for piece in inputs.chunk(count):
+                with autocast(plan.device, plan.precision):
+                    network(piece.to(plan.device, memory_format=trainee.memory_format))
+
+        micro.run(pieces, on_split)  # out of memory: in smaller pieces, as a step
 
     recompute_batch_norm(model, norm_sample, forward)
     model.eval()
     loss_sum = torch.zeros((), device=plan.device)
     correct = torch.zeros((), device=plan.device, dtype=torch.long)
     count = 0
-
-    def on_split(text: str) -> None:
-        emit(replace(last, elapsed_s=control.elapsed(), note=text))
-
     for inputs, targets in trainee.val_batches():
         if control.should_stop():
             return "user", math.nan, math.nan
