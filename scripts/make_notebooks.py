@@ -112,8 +112,8 @@ bf16 against fp32 and keeps the faster."""),
 accuracies."""),
         code("""cmp.wait()
 print(cmp.verdict)
-print("best val_acc:", {name: round(acc, 3) for name, acc in cmp.best.items()})
-print("time to", round(cmp.target, 3), ":", cmp.time_to_target)"""),
+print("best val_acc:", cmp.best)
+print("time to the baseline's best:", cmp.time_to_target)"""),
         md("""## Where the time goes, epoch for epoch
 
 The live headline during a run (`run.savings`) compares the **same epochs**: it projects the
@@ -138,7 +138,7 @@ Equal epochs are not equal accuracy: only the comparison above says whether the 
 bought the same model."""),
         code("""for cause, seconds, how in cmp.accelerated.savings.by_cause:
     print(f"{cause:15} {seconds:+6.1f} s   {how}")
-print("projection error:", round(cmp.projection_error, 2))"""),
+print("projection error:", cmp.projection_error)"""),
     ],
 )
 

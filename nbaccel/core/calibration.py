@@ -19,16 +19,17 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 
 from nbaccel.core.events import Calibration
 from nbaccel.core.features import pre_logits
-from nbaccel.core.model import set_train_mode
+from nbaccel.core.loaders import read_batch
+from nbaccel.core.model import recompute_batch_norm, set_train_mode
 from nbaccel.core.optimizer import create_optimizer
 from nbaccel.core.plan import Plan
 from nbaccel.core.precision import autocast
 from nbaccel.core.steps import Batch, eval_step, trial_step
-from nbaccel.core.timing import MAX_STEPS, MIN_STEPS, release, time_steps
+from nbaccel.core.timing import MAX_STEPS, MIN_STEPS, now, release, time_steps
 
 BUDGET_S = 4.0  # timed seconds for all configurations together
 WARMUP_STEPS = 3  # untimed steps for the first configuration...
@@ -43,6 +44,7 @@ def calibrate(
     val_loader: DataLoader,
     stop_requested: Callable[[], bool] = lambda: False,
     timed: Optional[dict[str, float]] = None,
+    norm_sample: Sequence[torch.Tensor] = (),
     budget_s: float = BUDGET_S,
 ) -> Optional[Calibration]:
     """Times the baseline's and the run's steps on the loaders' real batches.
@@ -50,6 +52,8 @@ def calibrate(
     Returns None when a stop is asked for meanwhile. `model` is on the run's device; it is
     copied, never trained. `timed`: seconds per step of the run's own configuration in a
     precision, already measured on this batch (by the bf16 probe), not timed again.
+    `norm_sample`: the images that re-estimate BatchNorm before each evaluation; that
+    pass is timed once too.
     """
     started = time.perf_counter()
     device, depth, precision = plan.device, plan.freeze_depth, plan.precision
@@ -78,25 +82,16 @@ def calibrate(
             if stop_requested():
                 return None
     evals = {}
-    for precision_ in dict.fromkeys(("fp32", precision)):
-        copied = copy.deepcopy(model).eval()
-
-        def evaluate(
-            batch: Batch, p: str = precision_, m: nn.Module = copied
-        ) -> object:
-            return eval_step(m, batch[0], device, p, memory_format=plan.memory_format)
-
-        evals[precision_] = _time_fitting(
-            evaluate, val, share, plan, LATER_WARMUP_STEPS, f"{precision_} eval", notes
-        )
-        del copied
-    release(device)
+    for p in dict.fromkeys(("fp32", precision)):
+        evals[p] = _time_evaluation(plan, model, p, val, share, notes)
+        release(device)
     features = (
         _time_feature_steps(plan, model, train, val, share)
         if plan.feature_cache.value
         else {}
     )
     optimizer_gain_s = _time_fused_gain(plan, model, train[0], notes)
+    bn_stats_s = _time_norm_refresh(plan, model, norm_sample)
     return Calibration(
         train_data_s=train_data_s,
         val_data_s=val_data_s,
@@ -110,6 +105,7 @@ def calibrate(
         cached_train_data_s=cached_train_s,
         cached_val_data_s=cached_val_s,
         optimizer_gain_s=optimizer_gain_s,
+        bn_stats_s=bn_stats_s,
         notes=tuple(notes),
         **features,
     )
@@ -129,6 +125,28 @@ def _training_step(
         lambda trial: create_optimizer(trial, plan.head_lr, plan.backbone_lr, fused),
         plan.memory_format if speedups else torch.contiguous_format,
         freeze=(list(plan.groups), depth),
+    )
+
+
+def _time_evaluation(
+    plan: Plan,
+    model: nn.Module,
+    precision: str,
+    batches: Sequence[Batch],
+    share_s: float,
+    notes: list[str],
+) -> tuple[float, int]:
+    """A validation batch through a throwaway copy in eval mode, in `precision`, timed
+    (the copy goes when this returns; the caller then gives its memory back)."""
+    copied = copy.deepcopy(model).eval()
+
+    def evaluate(batch: Batch) -> object:
+        return eval_step(
+            copied, batch[0], plan.device, precision, memory_format=plan.memory_format
+        )
+
+    return _time_fitting(
+        evaluate, batches, share_s, plan, LATER_WARMUP_STEPS, f"{precision} eval", notes
     )
 
 
@@ -212,28 +230,53 @@ def _time_fused_gain(
     memory, the gain is left out (0) and the other timings are kept."""
     if not plan.fused.value:
         return 0.0
-    copied = copy.deepcopy(model)
     try:
-        set_train_mode(copied)
-        inputs = batch[0].to(plan.device, memory_format=plan.memory_format)
-        with autocast(plan.device, plan.precision):
-            logits = copied(inputs)
-        F.cross_entropy(logits.float(), batch[1].to(plan.device)).backward()
-        seconds = {}
-        for fused in (False, True):
-            optimizer = create_optimizer(copied, plan.head_lr, plan.backbone_lr, fused)
-            seconds[fused], _ = time_steps(  # 3 warm-up steps, then 2 timed
-                lambda _, o=optimizer: o.step(), [None], plan.device, share_s=0.0
-            )
-        gain = max(0.0, seconds[False] - seconds[True])
+        seconds = _optimizer_seconds(plan, model, batch)
     except torch.cuda.OutOfMemoryError:
-        gain = None
-    del copied
-    release(plan.device)
-    if gain is None:
+        seconds = None
+    release(plan.device)  # after the except block, which held the failed tensors
+    if seconds is None:
         notes.append("fused optimizer: its gain was not timed (out of GPU memory)")
         return 0.0
-    return gain
+    return max(0.0, seconds[False] - seconds[True])
+
+
+def _optimizer_seconds(plan: Plan, model: nn.Module, batch: Batch) -> dict[bool, float]:
+    """{fused: seconds per AdamW step} on a copy's gradients for `batch` (the copy and its
+    optimizers go when this returns)."""
+    copied = copy.deepcopy(model)
+    set_train_mode(copied)
+    inputs = batch[0].to(plan.device, memory_format=plan.memory_format)
+    with autocast(plan.device, plan.precision):
+        logits = copied(inputs)
+    F.cross_entropy(logits.float(), batch[1].to(plan.device)).backward()
+    seconds = {}
+    for fused in (False, True):
+        optimizer = create_optimizer(copied, plan.head_lr, plan.backbone_lr, fused)
+        seconds[fused], _ = time_steps(  # 3 warm-up steps, then 2 timed
+            lambda _, o=optimizer: o.step(), [None], plan.device, share_s=0.0
+        )
+    return seconds
+
+
+def _time_norm_refresh(
+    plan: Plan, model: nn.Module, norm_sample: Sequence[torch.Tensor]
+) -> float:
+    """Seconds one re-estimation of the BatchNorm statistics takes (on a copy)."""
+    if not norm_sample:
+        return 0.0
+    copied = copy.deepcopy(model)
+
+    def forward(network: nn.Module, inputs: torch.Tensor) -> None:
+        with autocast(plan.device, plan.precision):
+            network(inputs.to(plan.device, memory_format=plan.memory_format))
+
+    started = now(plan.device)
+    recompute_batch_norm(copied, list(norm_sample), forward)
+    seconds = now(plan.device) - started
+    del copied
+    release(plan.device)
+    return seconds
 
 
 def _read_batches(loader: DataLoader, count: int) -> tuple[list[Batch], float, float]:
@@ -248,9 +291,7 @@ def _read_batches(loader: DataLoader, count: int) -> tuple[list[Batch], float, f
     for _ in range(2 if dataset.cache is not None else 1):  # type: ignore[attr-defined]
         started = time.perf_counter()
         batches = [
-            default_collate(
-                [dataset[i] for i in range(b * size, min((b + 1) * size, total))]
-            )
+            read_batch(dataset, range(b * size, min((b + 1) * size, total)))
             for b in range(count)
         ]
         seconds.append((time.perf_counter() - started) / count)

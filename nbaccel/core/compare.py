@@ -36,6 +36,7 @@ class Comparison:
         self.baseline = baseline
         self._target = target
         self._stopped = threading.Event()
+        self._error: Optional[BaseException] = None  # what ended the turn-taking early
         self._thread = threading.Thread(
             target=self._run_both, name="nbaccel-compare", daemon=True
         )
@@ -53,7 +54,9 @@ class Comparison:
         yet started never starts. Idempotent."""
         self._stopped.set()
         for run in (self.accelerated, self.baseline):
-            if run.status in ("running", "paused"):
+            if run.status == "pending":  # about to start: it stops at its first step
+                run.stop(timeout=0)
+            elif run.status in ("running", "paused"):
                 run.stop(timeout)
         return self
 
@@ -73,6 +76,10 @@ class Comparison:
         for run in (self.accelerated, self.baseline):
             if run.status != "pending":
                 run.wait()  # raises TrainingFailed for a failed run
+        if self._error is not None:
+            raise RuntimeError(
+                f"the comparison stopped before the baseline: {self._error}"
+            ) from self._error
         return self
 
     def runs(self) -> dict[str, Run]:
@@ -197,26 +204,30 @@ class Comparison:
         return f"<nbaccel.Comparison {figures}>"
 
     def _run_both(self) -> None:
-        for run in (self.accelerated, self.baseline):
-            if self._stopped.is_set():
-                return
-            if run is self.baseline:
-                # The baseline trains at the batch the accelerated run used (and its
-                # projection assumed), on a device the accelerated model has left.
-                self.baseline._use_batch_size(self.accelerated.events[0].batch_size)
-                self.accelerated._offload()
-            run.start()
-            try:
-                run.wait()
-            except TrainingFailed:
-                return  # the failure is on the run; wait() raises it for the user
-            if run.status == "stopped":
-                return
+        try:
+            for run in (self.accelerated, self.baseline):
+                if self._stopped.is_set():
+                    return
+                if run is self.baseline:
+                    # The baseline trains at the batch the accelerated run used (and its
+                    # projection assumed), on a device the accelerated model has left.
+                    self.baseline._use_batch_size(self.accelerated.events[0].batch_size)
+                    self.accelerated._offload()
+                run.start()
+                try:
+                    run.wait()
+                except TrainingFailed:
+                    return  # the failure is on the run; wait() raises it for the user
+                if run.status == "stopped":
+                    return
+        except Exception as error:  # noqa: BLE001 - kept for wait() to raise
+            self._error = error
 
 
 def compare(
     data: Any,
     target: Optional[float] = None,
+    *,
     background: bool = True,
     **options: Any,
 ) -> Comparison:
@@ -252,7 +263,11 @@ def prepare_comparison(
     """compare()'s Comparison, checked and prepared but not started (the magic shows its
     panel first, then starts it)."""
     check_option_names(options)
-    options.pop("baseline", None)  # the accelerated run always measures
+    if options.pop("baseline", "measure") != "measure":
+        raise ValueError(
+            "compare() checks the accelerated run's projection of the baseline, so it "
+            "always measures it: leave baseline= out"
+        )
     config = TrainConfig(data=data, **options)
     accelerated = prepare_plan(config)
     baseline = dataclasses.replace(

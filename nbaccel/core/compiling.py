@@ -18,9 +18,10 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 
 from nbaccel.core.decision import Decision
+from nbaccel.core.loaders import read_batch
 from nbaccel.core.model import set_train_mode
 from nbaccel.core.plan import Plan
 from nbaccel.core.precision import autocast, create_grad_scaler
@@ -105,15 +106,16 @@ def decide_compile(
 
 
 @contextlib.contextmanager
-def compile_slot(decision: Decision) -> Iterator[Decision]:
+def compile_slot(decision: Decision, strict: bool) -> Iterator[Decision]:
     """Holds the process's one compiling slot while a compiling run trains. "auto" that
-    finds it taken trains eagerly; compile=True (checked free when planned) fails."""
+    finds it taken trains eagerly; compile=True (`strict`; checked free when planned)
+    fails."""
     if not decision.value:
         yield decision
         return
     if not _ONE_AT_A_TIME.acquire(blocking=False):
         why = "another run in this process is compiling, and torch.compile cannot compile two at once"
-        if decision.why == "compile=True":
+        if strict:
             raise RuntimeError(f"compile=True, but {why}; use compile=False or 'auto'")
         yield Decision("compile", False, f"auto: {why}")
         return
@@ -189,7 +191,7 @@ def _batch(loader: DataLoader, index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The loader's batch number `index` in dataset order (its shuffle is left alone)."""
     dataset, size = loader.dataset, loader.batch_size or 1
     end = min((index + 1) * size, len(dataset))  # type: ignore[arg-type]
-    return default_collate([dataset[i] for i in range(index * size, end)])
+    return read_batch(dataset, range(index * size, end))
 
 
 def _val_shapes(loader: DataLoader) -> list[int]:

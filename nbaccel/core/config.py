@@ -228,7 +228,8 @@ class TrainConfig:
     )
     precision: str = option(
         "auto",
-        "'auto' is bf16 on CUDA >= 8.0, fp16 on older CUDA, fp32 on a CPU",
+        "'auto' is bf16 on CUDA >= 8.0, fp16 on older CUDA; on a CPU fp32, or bf16 where "
+        "a timed step is faster (pin it for runs that repeat exactly)",
         one_of(*PRECISIONS),
         choices=PRECISIONS,
     )

@@ -113,6 +113,9 @@ class Calibration:
     optimizer_gain_s: float = 0.0  # what the fused AdamW saves per step (if used)
     feature_step_s: float = 0.0  # compute: a training step on cached features (if any)
     feature_eval_s: float = 0.0  # compute: a validation batch on cached features
+    bn_stats_s: float = (
+        0.0  # re-estimating BatchNorm statistics, once (an epoch's cost)
+    )
     # Batches the baseline could not take whole (out of memory) were timed smaller and
     # scaled to the run's batch; these say how, in words (empty: timed as they are).
     notes: tuple[str, ...] = ()
@@ -147,7 +150,7 @@ class Savings:
         float  # this run's wall time: measured once ended, projected while running
     )
     saved_s: float  # baseline_s - actual_s
-    speedup: float  # baseline_s / actual_s
+    speedup: float  # baseline_s / actual_s: for the same epochs, not the same accuracy
     final: bool  # actual_s is measured (the run has ended), not projected
     baseline_how: str
     actual_how: str
@@ -156,6 +159,7 @@ class Savings:
     steps_timed: int  # timed calibration steps per configuration
     epochs_budget: int
     epochs_run: int
+    epochs_compared: int  # the baseline epochs baseline_s is for
     calibration_s: float  # what timing the steps cost; part of actual_s
     # (cause, seconds saved, how): frozen layers, fused optimizer, precision, early stop,
     # caching, compile (its gain less its cost), calibration (a cost), other (the

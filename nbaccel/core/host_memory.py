@@ -6,15 +6,14 @@ By default glibc's malloc serves blocks over a threshold (128 KiB, raised as blo
 freed) with mmap and unmaps them when freed, and trims the top of its heap once 128 KiB is
 free there. A training step allocates and frees the same large activations every time, so
 each step can fault fresh, zeroed pages back in. Measured here: resnet18 at 32 px trained
-its second epoch at 560-620 images/s instead of 770-900 once the best epoch's weights had
-been copied to the host (the copy changed the heap's layout), and at 770-860 every epoch
+its second epoch at 560-620 images/s instead of 700-800 once the best epoch's weights had
+been copied to the host (the copy changed the heap's layout), and at 740-860 every epoch
 with the thresholds below. Linux with glibc only; elsewhere nothing is changed.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters
@@ -45,7 +44,7 @@ def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
+        libc = ctypes.CDLL("libc.so.6")  # already loaded: no search, no subprocess
+    except OSError:  # musl (Alpine) and others: their malloc is left alone
         return None
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None

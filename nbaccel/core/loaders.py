@@ -11,11 +11,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import torch
 from timm.data import create_transform, resolve_model_data_config
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import transforms as T
 
 from nbaccel.core.data import ImageSource
@@ -223,6 +224,13 @@ def _unguarded_script() -> Optional[str]:
     with open(path, encoding="utf-8", errors="replace") as script:
         source = script.read()
     return None if "__main__" in source else os.path.basename(path)
+
+
+def read_batch(dataset: Dataset, indices: Sequence[int]) -> Any:
+    """The dataset's items at `indices`, collated as a loader would: read by index, so a
+    loader's shuffle is left alone (the calibration, the compile warm-up and the BatchNorm
+    sample read their batches this way)."""
+    return default_collate([dataset[i] for i in indices])
 
 
 def worker_context() -> Any:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 from torch import nn
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 
 from nbaccel.core.auto_precision import decide_cpu_precision
 from nbaccel.core.calibration import calibrate
@@ -42,13 +42,14 @@ from nbaccel.core.events import (
 )
 from nbaccel.core.features import FeatureCache
 from nbaccel.core.layout import place_model, restore_layout, tuned_kernels
-from nbaccel.core.loaders import create_loaders
+from nbaccel.core.loaders import create_loaders, read_batch
 from nbaccel.core.memory import MicroBatches, fit_batch_size
 from nbaccel.core.model import (
     best_state_copy,
     count_params,
     recompute_batch_norm,
     set_train_mode,
+    training_batch_norms,
 )
 from nbaccel.core.optimizer import create_optimizer, create_schedule
 from nbaccel.core.plan import Plan
@@ -96,15 +97,22 @@ def run_training(
     )
     steps = plan.epochs * len(loaders[0])
     wanted = decide_compile(plan.compile, plan.device, steps, plan.feature_cache.value)
-    with compile_slot(wanted) as compiled, tuned_kernels(plan.device):
+    strict = plan.compile is True
+    with compile_slot(wanted, strict) as compiled, tuned_kernels(plan.device):
         emit(RunStarted(**describe_start(plan, compiled, *loaders)))
         # 2. Time the baseline's steps and this run's; compile; cache the frozen
         # features. All of it counts in elapsed. Then seed again: none of it may
         # change the run.
-        calibration = measure_baseline(plan, model, loaders, control, timed)
+        norm_sample = batch_norm_sample(plan, model)
+        calibration = measure_baseline(
+            plan, model, loaders, control, timed, norm_sample
+        )
         compiled_before = compile_seconds()
-        trainee = prepare_trainee(plan, model, loaders, compiled, emit, control)
-        if trainee is None:
+        trainee = None
+        if not control.stop_requested.is_set():
+            trainee = prepare_trainee(plan, model, loaders, compiled, emit, control)
+        if trainee is None:  # a stop came during the set-up
+            restore_layout(model).eval()
             return "stopped", "user", None
         if calibration is not None:
             emit(Measured(calibration, trainee.acceleration, control.elapsed()))
@@ -115,7 +123,6 @@ def run_training(
         schedule = create_schedule(optimizer, steps, plan.head_lr)
         scaler = create_grad_scaler(plan.device, plan.precision)
         micro = MicroBatches(plan.batch_size.value, plan.device)
-        norm_sample = batch_norm_sample(plan, model)
         history: list[dict] = []
         best_state, best_epoch, reason = None, None, "epochs"
         for epoch in range(1, plan.epochs + 1):
@@ -185,24 +192,20 @@ NORM_SAMPLE_IMAGES = 256  # training images that re-estimate BatchNorm before ev
 
 
 def batch_norm_sample(plan: Plan, model: nn.Module) -> list[torch.Tensor]:
-    """NORM_SAMPLE_IMAGES training images drawn at random once (with a seeded generator of
-    their own: the run's shuffle and augmentation are left alone), in batches, when the
-    model has BatchNorm layers that train (and bn_stats is on); else none. At random: a folder's first images
-    are its first classes, whose statistics are not the data's."""
-    trains = any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm)
-        and any(p.requires_grad for p in m.parameters(recurse=False))
-        for m in model.modules()
-    )
-    if not plan.bn_stats or not trains:
-        return []
+    """NORM_SAMPLE_IMAGES training images drawn at random once, in batches of about the
+    run's size (at least 2 images each: BatchNorm cannot train on one), when bn_stats is on
+    and the model has BatchNorm layers that train; else none. At random: a folder's first
+    images are its first classes, whose statistics are not the data's. Drawn with a
+    generator of their own, before the loop seeds the run again: the run's shuffle and
+    augmentation are as without it."""
     total = len(plan.train)  # type: ignore[arg-type]
+    if not plan.bn_stats or total < 2 or not training_batch_norms(model):
+        return []
     drawn = torch.randperm(total, generator=torch.Generator().manual_seed(plan.seed))
-    chosen = drawn[:NORM_SAMPLE_IMAGES].tolist()
-    size = plan.batch_size.value
+    chosen = drawn[:NORM_SAMPLE_IMAGES]
+    pieces = max(1, min(len(chosen) // 2, -(-len(chosen) // plan.batch_size.value)))
     return [
-        default_collate([plan.train[i] for i in chosen[start : start + size]])[0]
-        for start in range(0, len(chosen), size)
+        read_batch(plan.train, part.tolist())[0] for part in chosen.tensor_split(pieces)
     ]
 
 
@@ -220,7 +223,7 @@ def settle_on_device(plan: Plan, model: nn.Module) -> tuple[Plan, dict[str, floa
     if not plan.probe_precision:
         return plan, {}
     size = min(plan.batch_size.value, len(plan.train))  # type: ignore[arg-type]
-    first = default_collate([plan.train[i] for i in range(size)])
+    first = read_batch(plan.train, range(size))
     precision, timed = decide_cpu_precision(plan, model, first)
     return replace(plan, precision_choice=precision, probe_precision=False), timed
 
@@ -272,13 +275,16 @@ def measure_baseline(
     loaders: tuple,
     control: Control,
     timed: dict[str, float],
+    norm_sample: list[torch.Tensor],
 ) -> Optional[Calibration]:
     """The calibration, unless baseline="off", a stop came first, or not even one image
     fits in GPU memory for the baseline (the run goes on without savings)."""
     if not plan.measure_baseline:
         return None
     try:
-        return calibrate(plan, model, *loaders, control.stop_requested.is_set, timed)
+        return calibrate(
+            plan, model, *loaders, control.stop_requested.is_set, timed, norm_sample
+        )
     except torch.cuda.OutOfMemoryError:
         pass
     release(plan.device)  # after the except block, which held the failed step
@@ -385,7 +391,7 @@ def train_epoch(
             memory_format=trainee.memory_format,
         )
         # Out of memory, only the forward and backward are repeated, in pieces.
-        loss_sum += micro.run(gradients, on_split, clear_gradients)
+        loss_sum += micro.run(gradients, on_split, clear_gradients, len(targets))
         optimizer_step(optimizer, scaler)
         schedule.step_update(first_step + step)  # the rate for the next step
         images += len(targets)
@@ -424,7 +430,7 @@ def evaluate(
                 with autocast(plan.device, plan.precision):
                     network(piece.to(plan.device, memory_format=trainee.memory_format))
 
-        micro.run(pieces, on_split)  # out of memory: in smaller pieces, as a step
+        micro.run(pieces, on_split, size=len(inputs))  # out of memory: in pieces
 
     recompute_batch_norm(model, norm_sample, forward)
     model.eval()
@@ -444,6 +450,7 @@ def evaluate(
                 memory_format=trainee.memory_format,
             ),
             on_split,
+            size=len(inputs),
         )
         targets = targets.to(plan.device, non_blocking=True)
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum")

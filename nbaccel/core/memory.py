@@ -6,7 +6,7 @@ accumulation), so the effective batch, and with it the learning dynamics, stay t
 from __future__ import annotations
 
 import math
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 import torch
 from torch import nn
@@ -124,29 +124,32 @@ class MicroBatches:
         attempt: Callable[[int], T],
         on_split: Callable[[str], None],
         reset: Callable[[], None] = lambda: None,
+        size: Optional[int] = None,
     ) -> T:
-        """`attempt(count)`; after an out-of-memory error, `reset()` (drop the partial
-        gradients), free memory, double the count and try again, saying so through
-        `on_split`. Only what `attempt` does is repeated: the optimizer step that follows
-        a forward and backward is never part of it.
+        """`attempt(count)` on a batch of `size` images (the training batch size unless
+        given); after an out-of-memory error, `reset()` (drop the partial gradients), free
+        memory, double the count and try again, saying so through `on_split`. Only what
+        `attempt` does is repeated: the optimizer step that follows a forward and
+        backward is never part of it.
 
         Raises:
             torch.cuda.OutOfMemoryError: one image per piece does not fit either.
         """
+        size = size or self.batch_size
         while True:
             try:
                 return attempt(self.count)
             except torch.cuda.OutOfMemoryError:
-                if math.ceil(self.batch_size / self.count) <= 1:
+                if math.ceil(size / self.count) <= 1:
                     raise
             # Here, after the except block: its traceback held the failed step's
             # tensors, which the memory release could not have given back.
             reset()
             release(self.device)
-            images = math.ceil(self.batch_size / self.count)
+            images = math.ceil(size / self.count)
             self.count *= 2
             on_split(
                 f"out of GPU memory with {images} images per step: now {self.count} "
-                f"micro-batches of {math.ceil(self.batch_size / self.count)}, gradients "
-                f"accumulated (batch still {self.batch_size})"
+                f"micro-batches of {math.ceil(size / self.count)}, gradients "
+                f"accumulated (batch still {size})"
             )

@@ -212,14 +212,23 @@ def init_head(model: nn.Module, how: str, pretrained: bool, num_classes: int) ->
     timm's own initialisation (kept by "timm", and for random weights) can give large first
     logits: EfficientNet's fan-out rule made the first epoch's loss 3.4 on ten classes,
     above a uniform guess's 2.3. A head loaded with the weights (as many classes as they
-    were trained for) is kept."""
-    head = model.get_classifier()
+    were trained for) is kept. Only the head's last layer (the one that makes the
+    `num_classes` logits) is zeroed: a head of several layers (timm's MlpHead, LeViT's
+    NormLinear) keeps its others, which timm loaded or initialised, so gradients reach
+    them once the last layer has moved."""
     loaded = pretrained and model.pretrained_cfg.get("num_classes") == num_classes
     if loaded:
         return "the weights' own head"
     if how == "timm" or (how == "auto" and not pretrained):
         return "timm's initialisation"
-    for param in head.parameters():
+    layers = [
+        m
+        for m in model.get_classifier().modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d))
+    ]
+    if not layers:
+        return "timm's initialisation (the head has no linear layer to zero)"
+    for param in layers[-1].parameters():
         nn.init.zeros_(param)
     return "zeros"
 
@@ -242,6 +251,17 @@ def set_train_mode(model: nn.Module) -> None:
                 module.eval()
 
 
+def training_batch_norms(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers whose parameters train (those of frozen groups do not)."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and m.track_running_stats
+        and any(p.requires_grad for p in m.parameters(recurse=False))
+    ]
+
+
 @torch.no_grad()
 def recompute_batch_norm(model: nn.Module, batches: list, forward: Any) -> int:
     """Re-estimates the running statistics of the BatchNorm layers that train, from
@@ -251,24 +271,20 @@ def recompute_batch_norm(model: nn.Module, batches: list, forward: Any) -> int:
     behind them, so evaluation sees stale statistics: on the digits transfer task val_acc
     after the first two epochs rose from 0.87 and 0.72 to 0.93 and 0.98 with fresh ones.
     `forward(model, inputs)` runs the model. Returns the BatchNorm layers refreshed."""
-    layers = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        and m.track_running_stats
-        and any(p.requires_grad for p in m.parameters(recurse=False))
-    ]
+    layers = training_batch_norms(model)
     if not layers or not batches:
         return 0
     momenta = {m: m.momentum for m in layers}
     set_train_mode(model)
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches
-    for inputs in batches:
-        forward(model, inputs)
-    for m, momentum in momenta.items():
-        m.momentum = momentum
+    try:
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches
+        for inputs in batches:
+            forward(model, inputs)
+    finally:
+        for m, momentum in momenta.items():
+            m.momentum = momentum
     return len(layers)
 
 

@@ -19,14 +19,17 @@ import sys
 from pathlib import Path
 
 OMP_PAUSE_SOFT = 1  # omp_pause_resource_t: free the threads; keep nothing else paused
-RUNTIMES = ("libgomp", "libiomp5", "libomp")  # GNU, Intel, LLVM
+# GNU libgomp only: there the call frees the calling thread's pool alone (measured). LLVM's
+# libomp and Intel's libiomp5 pause the whole runtime, the training thread's pool with it.
+RUNTIMES = ("libgomp",)
 
 
 def release_thread_pool() -> bool:
     """Frees the OpenMP worker threads of the calling thread (they are made again, at the
     cost of a thread start, if it runs a parallel op later), in every OpenMP runtime loaded
     (PyTorch's, and others such as scikit-learn's own libgomp). True if any was freed or
-    had none; False where no runtime has the call."""
+    had none; False where no GNU libgomp is loaded (macOS, Windows, conda's Intel OpenMP:
+    there nothing is done)."""
     results = [lib.omp_pause_resource_all(OMP_PAUSE_SOFT) == 0 for lib in _runtimes()]
     return any(results)
 

@@ -1,5 +1,6 @@
-"""AdamW with a lower learning rate for the backbone than for the new head, and timm's
-warm-up + cosine schedule, stepped after every optimizer step."""
+"""AdamW over the layers that train (one rate for all unless asked otherwise), its fused
+kernel where torch has one, and timm's warm-up + cosine schedule, stepped after every
+optimizer step."""
 
 from __future__ import annotations
 

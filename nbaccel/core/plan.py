@@ -1,7 +1,7 @@
 """Plan: a run's choices resolved before training, with no "auto" left but what only the
 training thread can measure (the batch size that fits, and with it whether compiling pays).
 
-`prepare.plan_run()` makes it on the caller's thread; the training thread reads it and never
+`prepare.prepare_plan()` makes it on the caller's thread; the training thread reads it and never
 changes it: what changes while training (the micro-batch count after running out of memory)
 is the loop's own state.
 """

@@ -60,15 +60,26 @@ class Publisher(threading.Thread):
         return unsubscribe
 
     def run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if isinstance(item, RunEnded):
-                self._publish(self._tracker.before_end(item))
+        try:
+            while True:
+                item = self.queue.get()
+                if isinstance(item, RunEnded):
+                    self._publish(self._derived(self._tracker.before_end, item))
+                    self._publish(item)
+                    return
                 self._publish(item)
-                self.done.set()
-                return
-            self._publish(item)
-            self._publish(self._tracker.after(item))
+                self._publish(self._derived(self._tracker.after, item))
+        finally:
+            self.done.set()  # whatever happened, wait() returns
+
+    def _derived(self, derive: Callable[[Any], Any], item: Any) -> Optional[Any]:
+        """The savings update for `item`, or None (logged) if deriving it failed: a bug
+        in the accounting must not stop the run's events."""
+        try:
+            return derive(item)
+        except Exception:  # noqa: BLE001
+            logger.exception("nbaccel could not derive the savings after %s", item)
+            return None
 
     def _publish(self, event: Optional[Any]) -> None:
         if event is None or isinstance(event, Measured):  # Measured: for us alone

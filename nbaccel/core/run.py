@@ -300,9 +300,9 @@ class Run:
     def _train(self) -> None:
         plan, self._plan = self._plan, None  # the thread holds the only reference
         assert plan is not None
-        if self._device.type == "cpu":
-            keep_freed_memory()  # see host_memory.py
         try:
+            if self._device.type == "cpu":
+                keep_freed_memory()  # see host_memory.py
             with torch.enable_grad():
                 status, reason, best_epoch = run_training(
                     plan, self._publisher.queue.put, self._control
@@ -324,9 +324,10 @@ class Run:
                 self._offload()  # a stopped run gives its GPU memory back
             else:
                 release(self._device)
+            if self._device.type == "cpu":  # this thread's OpenMP workers, the heap
+                release_thread_pool()
+                give_back_freed_memory()
         except Exception:  # noqa: BLE001 - a sticky CUDA error; the run must still end
-            logger.exception("nbaccel could not give the GPU memory back after the run")
-        if self._device.type == "cpu":  # this thread's OpenMP workers (see openmp.py)
-            release_thread_pool()
-            give_back_freed_memory()
-        self._publisher.queue.put(ended)
+            logger.exception("nbaccel could not give the memory back after the run")
+        finally:
+            self._publisher.queue.put(ended)

@@ -17,24 +17,26 @@ from nbaccel.core.run import Run
 def fasttrain(data: Any, *, background: bool = True, **options: Any) -> Run:
     """Fine-tunes a timm backbone on `data` in a background thread.
 
-        Every choice is checked here, before any thread starts: bad input raises ValueError.
+    Every choice is checked here, before any thread starts: bad input raises ValueError.
 
-        Args:
-            data: a folder (class subfolders, or train/ + val|valid/ subfolders), an (images,
-                labels) pair of arrays or tensors, or a torch Dataset yielding (image, label).
-    {options}
-            background: False trains on this thread and returns the ended run (scripts;
-                Ctrl-C stops it at the next step).
+    Args:
+        data: a folder (class subfolders, or train/ + val|valid/ subfolders), an (images,
+            labels) pair of arrays or tensors, or a torch Dataset yielding (image, label).
+        {options}
+        background: False trains on this thread and returns the ended run (scripts;
+            Ctrl-C stops it at the next step).
 
-        Returns:
-            The Run, already started.
+    Returns:
+        The Run, already started.
     """
     check_option_names(options)
     return start_run(TrainConfig(data=data, **options), background=background)
 
 
 fasttrain.__signature__ = signature_with_options(fasttrain)  # type: ignore[attr-defined]
-fasttrain.__doc__ = (fasttrain.__doc__ or "").replace("{options}", options_doc())
+fasttrain.__doc__ = (fasttrain.__doc__ or "").replace(
+    "        {options}", options_doc(indent=" " * 8)
+)
 
 
 def prepare_run(config: TrainConfig) -> Run:

@@ -45,7 +45,7 @@ def savings_html(
         return ""
     if savings.final and savings.epochs_run == 0:
         return "time saved: not measured (the run ended before its first epoch)"
-    epochs = round(savings.baseline_s / savings.baseline_epoch_s)
+    epochs = savings.epochs_compared
     pace = f"{savings.speedup:.2f}x the baseline's speed"
     if savings.final:
         headline = (

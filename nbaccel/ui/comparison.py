@@ -53,7 +53,7 @@ class ComparisonPanel:
                 ys.append(event.val_acc)
         comparison = self.comparison
         target = comparison.target
-        if target is not None:  # both ended: the line both runs are timed to
+        if target is not None:  # given, or the baseline's best once it has ended
             end = max([0.0] + [xs[-1] for xs, _ in self._series.values() if xs])
             self._series["target"] = ([0.0, end], [target, target])
         self.status.value = comparison_status_html(comparison)
