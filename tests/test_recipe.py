@@ -169,3 +169,23 @@ def test_batch_norm_statistics_are_re_estimated_for_the_layers_that_train():
     again = trained_bn.running_mean.clone()
     recompute_batch_norm(model, batches, lambda m, x: m(x))
     assert torch.allclose(trained_bn.running_mean, again)
+
+
+def test_only_the_last_layer_of_a_deeper_head_starts_at_zero():
+    """timm's MlpHead (fc1, act, norm, fc2): zeroing it all would stop every gradient but
+    fc2's bias; only fc2 starts at zero, and a step then moves fc1 too."""
+    model = timm.create_model("caformer_s18", num_classes=3)
+    head = model.get_classifier()
+    fc1 = head.fc1.weight.detach().clone()
+    assert init_head(model, "zero", True, 3) == "zeros"
+    assert torch.count_nonzero(head.fc2.weight) == 0
+    assert torch.equal(head.fc1.weight, fc1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):  # the first step moves fc2; the second reaches fc1 through it
+        loss = torch.nn.functional.cross_entropy(
+            model(torch.rand(2, 3, 64, 64)), torch.tensor([0, 2])
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert not torch.equal(head.fc1.weight, fc1)
