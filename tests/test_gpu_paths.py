@@ -407,7 +407,7 @@ def test_gpu_compile_trains_and_counts_its_cost(digits_high):
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_real_out_of_memory_in_fp16_splits_the_batch(digits_high):
-    """A batch far too large for a quarter of the card, at 224 px: real OOM errors, then
+    """A batch far too large for 5% of the card, at 224 px: real OOM errors, then
     micro-batches; the loss stays finite and the run learns."""
     if torch.cuda.get_device_capability()[0] < 7:
         pytest.skip("fp16 tensor cores need compute capability 7.0")

@@ -37,6 +37,11 @@ def option(
     return field(default=default, metadata=metadata)
 
 
+def switch(help: str) -> Any:
+    """An on/off option: "auto" (the default), True (insist) or False."""
+    return option("auto", help, _switch, choices=SWITCHES, parse=parse_switch)
+
+
 # --- text to values (flags and text boxes) ------------------------------------------------
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -217,14 +222,10 @@ class TrainConfig:
         one_of("auto", "zero", "timm"),
         choices=("auto", "zero", "timm"),
     )
-    bn_stats: Union[bool, str] = option(
-        "auto",
+    bn_stats: Union[bool, str] = switch(
         "re-estimate the statistics of the BatchNorm layers that train from 256 training "
         "images before each evaluation: 'auto' (on), True, or False (the running "
         "averages as they trained)",
-        _switch,
-        choices=SWITCHES,
-        parse=parse_switch,
     )
     precision: str = option(
         "auto",
@@ -275,35 +276,19 @@ class TrainConfig:
         one_of("measure", "off"),
         choices=("measure", "off"),
     )
-    cache: Union[bool, str] = option(
-        "auto",
+    cache: Union[bool, str] = switch(
         "keep decoded images and a frozen backbone's features in memory: 'auto' when "
         "they fit, True insists, False never",
-        _switch,
-        choices=SWITCHES,
-        parse=parse_switch,
     )
-    compile: Union[bool, str] = option(
-        "auto",
+    compile: Union[bool, str] = switch(
         "torch.compile in the training thread: 'auto' on CUDA when the epoch budget "
         "repays it",
-        _switch,
-        choices=SWITCHES,
-        parse=parse_switch,
     )
-    channels_last: Union[bool, str] = option(
-        "auto",
+    channels_last: Union[bool, str] = switch(
         "channels-last memory layout: 'auto' for convnets on GPUs with tensor cores",
-        _switch,
-        choices=SWITCHES,
-        parse=parse_switch,
     )
-    fused: Union[bool, str] = option(
-        "auto",
+    fused: Union[bool, str] = switch(
         "AdamW's single-kernel update: 'auto' where torch has one",
-        _switch,
-        choices=SWITCHES,
-        parse=parse_switch,
     )
     workers: Union[int, str] = option(
         "auto",
