@@ -31,6 +31,7 @@ def test_a_head_only_run_below_the_baselines_accuracy_saves_nothing(digits_high)
     assert base.config.freeze == 0 and base.config.precision == "fp32"
     assert base.config.head_init == "timm"  # a hand-written loop keeps timm's head,
     assert base.config.bn_stats is False  # and BatchNorm's running averages
+    assert base.config.ema is False  # and the weights as they trained
     assert base.config.stop == "none" and base.savings is None  # no calibration
     assert fast.config.freeze == "all" and len(base.history) == len(fast.history) == 3
     # The projection the accelerated run made before training, against the real thing.

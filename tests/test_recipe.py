@@ -189,3 +189,58 @@ def test_only_the_last_layer_of_a_deeper_head_starts_at_zero():
         loss.backward()
         optimizer.step()
     assert not torch.equal(head.fc1.weight, fc1)
+
+
+def test_the_weight_average_follows_its_decay_and_is_in_the_model_only_while_applied():
+    from nbaccel.core.averaging import WeightAverage, ema_decay
+
+    assert ema_decay(20, 1000) == pytest.approx(0.5 ** (1 / 10))  # half an epoch
+    assert ema_decay(20, 30) == pytest.approx(0.5 ** (1 / 3))  # a tenth of a short run
+    model = torch.nn.Linear(4, 2)
+    frozen = torch.nn.Parameter(torch.ones(3), requires_grad=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    average = WeightAverage(optimizer, decay=0.9)
+    expected = [p.detach().clone() for p in model.parameters()]
+    for update in range(1, 31):
+        model(torch.randn(8, 4)).pow(2).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        average.update()
+        decay = min(0.9, (1 + update) / (10 + update))
+        expected = [decay * e + (1 - decay) * p for e, p in zip(expected, model.parameters())]
+    trained = [p.detach().clone() for p in model.parameters()]
+    assert not torch.allclose(expected[0], trained[0])
+    with pytest.raises(RuntimeError, match="inside"):
+        with average.applied():
+            for p, e in zip(model.parameters(), expected):
+                assert torch.allclose(p, e)
+            raise RuntimeError("inside")
+    for p, t in zip(model.parameters(), trained):  # back, after an error too
+        assert torch.equal(p, t)
+    assert torch.equal(frozen, torch.ones(3))
+
+
+def test_ema_scores_and_keeps_the_average_without_changing_the_training(
+    digits_high, source_weights
+):
+    """The same seed with and without ema: the same training steps (the same losses),
+    different scores; the kept model is the average at the best epoch."""
+    runs = {
+        ema: nbaccel.fasttrain(
+            digits_high,
+            pretrained=source_weights,
+            epochs=3,
+            stop="none",
+            ema=ema,
+            background=False,
+            **SMALL,
+        )
+        for ema in (True, False)
+    }
+    losses = {ema: [row["train_loss"] for row in run.history] for ema, run in runs.items()}
+    assert losses[True] == losses[False]
+    scores = {ema: [row["val_loss"] for row in run.history] for ema, run in runs.items()}
+    assert scores[True] != scores[False]
+    kept = {ema: run.model.get_classifier().weight for ema, run in runs.items()}
+    assert not torch.equal(kept[True], kept[False])
+    assert runs[True].config.ema is True and runs[True].best["val_acc"] >= 0.9

@@ -253,8 +253,8 @@ def _optimizer_seconds(plan: Plan, model: nn.Module, batch: Batch) -> dict[bool,
     seconds = {}
     for fused in (False, True):
         optimizer = create_optimizer(copied, plan.head_lr, plan.backbone_lr, fused)
-        seconds[fused], _ = time_steps(  # 3 warm-up steps, then 2 timed
-            lambda _, o=optimizer: o.step(), [None], plan.device, share_s=0.0
+        seconds[fused], _ = time_steps(  # 1 warm-up step, then 2 timed
+            lambda _, o=optimizer: o.step(), [None], plan.device, 0.0, warmup=1
         )
     return seconds
 

@@ -279,11 +279,12 @@ def prepare_comparison(
         baseline="off",
         # What a hand-written loop does: the same pixels (the augmentation "auto" chose for
         # the accelerated run), nothing cached or compiled, the default layout, the
-        # default AdamW, timm's own initialisation of the new head, and BatchNorm's
-        # running averages as they trained.
+        # default AdamW, timm's own initialisation of the new head, BatchNorm's
+        # running averages as they trained, and the weights as they trained.
         augment=accelerated.augment,
         head_init="timm",
         bn_stats=False,
+        ema=False,
         cache=False,
         compile=False,
         channels_last=False,

@@ -227,6 +227,10 @@ class TrainConfig:
         "images before each evaluation: 'auto' (on), True, or False (the running "
         "averages as they trained)",
     )
+    ema: Union[bool, str] = switch(
+        "score and keep an exponential moving average of the weights (a half-life of "
+        "half an epoch): 'auto' (on), True, or False (the weights as they trained)",
+    )
     precision: str = option(
         "auto",
         "'auto' is bf16 on CUDA >= 8.0, fp16 on older CUDA; on a CPU fp32, or bf16 where "

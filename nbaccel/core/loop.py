@@ -12,6 +12,7 @@ import math
 import random
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Callable, Optional
@@ -23,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from nbaccel.core.auto_precision import decide_cpu_precision
+from nbaccel.core.averaging import WeightAverage, ema_decay
 from nbaccel.core.calibration import calibrate
 from nbaccel.core.compiling import (
     compile_model,
@@ -123,6 +125,11 @@ def run_training(
         schedule = create_schedule(optimizer, steps, plan.head_lr)
         scaler = create_grad_scaler(plan.device, plan.precision)
         micro = MicroBatches(plan.batch_size.value, plan.device)
+        average = (  # what each evaluation scores and the run keeps, when ema is on
+            WeightAverage(optimizer, ema_decay(trainee.steps_per_epoch, steps))
+            if plan.ema
+            else None
+        )
         history: list[dict] = []
         best_state, best_epoch, reason = None, None, "epochs"
         for epoch in range(1, plan.epochs + 1):
@@ -136,36 +143,41 @@ def run_training(
                 schedule,
                 scaler,
                 micro,
+                average,
                 plan,
                 epoch,
                 emit,
                 control,
             )
-            if not interrupted:
-                interrupted, val_loss, val_acc = evaluate(
-                    model, trainee, micro, plan, control, emit, last, norm_sample
-                )
             if interrupted:
                 reason = interrupted
                 break
-            # 5. Record the epoch; keep a host copy of the best weights so far.
-            row = dict(
-                epoch=epoch,
-                train_loss=last.train_loss,
-                val_loss=val_loss,
-                val_acc=val_acc,
-                images_per_s=last.images_per_s,
-                epoch_s=time.perf_counter() - started,
-                elapsed_s=control.elapsed(),
-            )
-            history.append(row)
-            monitor = plan.stop_rule.monitor
-            is_best = best_epoch is None or is_better(
-                monitor, row[monitor], history[best_epoch - 1][monitor]
-            )
-            if is_best:
-                best_state, best_epoch = best_state_copy(model), epoch
-            emit(EpochEnded(**row, is_best=is_best))
+            with average.applied() if average else nullcontext():
+                interrupted, val_loss, val_acc = evaluate(
+                    model, trainee, micro, plan, control, emit, last, norm_sample
+                )
+                if interrupted:
+                    reason = interrupted
+                    break
+                # 5. Record the epoch; keep a host copy of the best weights so far
+                # (the averaged ones, when ema is on: the ones just evaluated).
+                row = dict(
+                    epoch=epoch,
+                    train_loss=last.train_loss,
+                    val_loss=val_loss,
+                    val_acc=val_acc,
+                    images_per_s=last.images_per_s,
+                    epoch_s=time.perf_counter() - started,
+                    elapsed_s=control.elapsed(),
+                )
+                history.append(row)
+                monitor = plan.stop_rule.monitor
+                is_best = best_epoch is None or is_better(
+                    monitor, row[monitor], history[best_epoch - 1][monitor]
+                )
+                if is_best:
+                    best_state, best_epoch = best_state_copy(model), epoch
+                emit(EpochEnded(**row, is_best=is_best))
             # 6. Ask the stopping rules; the epoch budget ends the loop by itself.
             fired = plan.stop_rule.check(history, control.elapsed())
             if fired:
@@ -354,6 +366,7 @@ def train_epoch(
     schedule: CosineLRScheduler,
     scaler: torch.amp.GradScaler,
     micro: MicroBatches,
+    average: Optional[WeightAverage],
     plan: Plan,
     epoch: int,
     emit: Emit,
@@ -393,6 +406,8 @@ def train_epoch(
         # Out of memory, only the forward and backward are repeated, in pieces.
         loss_sum += micro.run(gradients, on_split, clear_gradients, len(targets))
         optimizer_step(optimizer, scaler)
+        if average is not None:
+            average.update()
         schedule.step_update(first_step + step)  # the rate for the next step
         images += len(targets)
         if step % PROGRESS_EVERY == 0 or step == steps:

@@ -37,6 +37,7 @@ class Plan:
     freeze_reason: str
     head_init: str  # how the new head started: "zeros", "timm's initialisation", ...
     bn_stats: bool  # re-estimate training BatchNorm statistics before each evaluation
+    ema: bool  # evaluate and keep the weights' moving average (averaging.py)
     class_names: tuple[str, ...]
     train: (
         Dataset  # the training images with their transform (loaders.TransformedImages)

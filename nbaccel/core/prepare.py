@@ -89,6 +89,7 @@ def prepare_plan(config: TrainConfig) -> Plan:
         freeze_reason=reason,
         head_init=head_init,
         bn_stats=config.bn_stats is not False,
+        ema=config.ema is not False,
         class_names=train.class_names,
         train=train_images,
         val=val_images,

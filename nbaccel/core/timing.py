@@ -13,9 +13,8 @@ from typing import Any, Callable
 import torch
 
 WARMUP_STEPS = 3  # untimed steps first: on a CPU the first three are up to 2.5x slower
-MAX_STEPS = 5  # timed steps at most...
+MAX_STEPS = 3  # timed steps at most (their median: one slow step does not count)...
 MIN_STEPS = 2  # ...and at least, once the time share is spent (slow models)
-SETTLED_STEPS, SETTLED_SPREAD = 3, 1.1  # ...or fewer, once this many agree within 10%
 
 
 def synchronize(device: torch.device) -> None:
@@ -48,14 +47,11 @@ def time_steps(
 ) -> tuple[float, int]:
     """(median seconds per step, steps timed): `warmup` untimed steps (allocations, kernel
     selection), then steps each timed between device synchronisations, until MAX_STEPS or
-    `share_s` seconds (at least MIN_STEPS), or once SETTLED_STEPS agree within
-    SETTLED_SPREAD; cycling through `batches`."""
+    `share_s` seconds (at least MIN_STEPS); cycling through `batches`."""
     for index in range(warmup):
         step(batches[index % len(batches)])
     times: list[float] = []
     while len(times) < MAX_STEPS and (len(times) < MIN_STEPS or sum(times) < share_s):
-        if len(times) >= SETTLED_STEPS and max(times) <= min(times) * SETTLED_SPREAD:
-            break
         batch = batches[(warmup + len(times)) % len(batches)]
         started = now(device)
         step(batch)

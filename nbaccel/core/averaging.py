@@ -1,0 +1,63 @@
+"""The weights' exponential moving average (EMA): what each evaluation scores and what the
+run keeps, when `ema` is on.
+
+A fine-tune's raw weights at a high learning rate are noisy from step to step; their
+recent average is the better model long before the schedule has decayed (timm's
+`--model-ema`, Ultralytics' ModelEMA). On this project's CPU, EfficientNet-Lite0 with real
+ImageNet weights on the ten digits scored 0.969, 0.986 after two epochs with the average
+against 0.964, 0.969 with the raw weights (the same run; docs/design.md).
+
+Only the parameters the optimizer updates are averaged (frozen ones never move; BatchNorm's
+statistics are re-estimated before each evaluation, or kept as they trained). The average
+lives beside the model, on its device; an evaluation copies it into the model and copies
+the trained weights back afterwards, so the step, a compiled wrapper and the feature cache
+need not know.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+# The decay per step: a half-life of half an epoch (at most a tenth of the run), and
+# (1 + t) / (10 + t) before that, so that the first steps are not averaged with the
+# weights the run started from (TensorFlow's ExponentialMovingAverage num_updates rule).
+HALF_LIFE_EPOCHS = 0.5
+
+
+def ema_decay(steps_per_epoch: int, total_steps: int) -> float:
+    """The decay the warm-up rises to: a half-life of HALF_LIFE_EPOCHS epochs, or a tenth
+    of the run's steps if that is shorter (a one-epoch run averages its last few steps)."""
+    half_life = max(1.0, min(HALF_LIFE_EPOCHS * steps_per_epoch, total_steps / 10))
+    return 0.5 ** (1 / half_life)
+
+
+class WeightAverage:
+    """An exponential moving average of `optimizer`'s parameters. `update()` after each
+    optimizer step; `applied()` around an evaluation (and a copy of the best weights)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, decay: float) -> None:
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.average = [p.detach().clone() for p in self.params]
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1 - decay)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The average in the model's parameters while inside; the trained weights back
+        after, whatever happens inside."""
+        with torch.no_grad():
+            trained = [p.detach().clone() for p in self.params]
+            torch._foreach_copy_([p.detach() for p in self.params], self.average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_([p.detach() for p in self.params], trained)
