@@ -14,6 +14,7 @@ import torch
 import nbaccel
 import nbaccel.core.auto_precision as auto_precision
 from nbaccel.core.config import TrainConfig
+from nbaccel.core.host_memory import _glibc
 from nbaccel.core.model import create_backbone, init_head
 from nbaccel.core.optimizer import resolve_learning_rates
 from nbaccel.core.prepare import prepare_plan
@@ -143,6 +144,40 @@ def test_starting_a_background_run_frees_the_main_threads_openmp_pool():
     assert released == "True" and int(after) == int(before)
 
 
+ARENAS = """
+import ctypes, sys, threading
+import torch
+from nbaccel.core.host_memory import keep_freed_memory
+if sys.argv[1] == "shared":
+    assert keep_freed_memory()
+def train():  # allocations of a training step's size, and a parallel op
+    x = torch.randn(256, 256)
+    for _ in range(5):
+        x = torch.tanh(x @ x)
+thread = threading.Thread(target=train)
+thread.start()
+thread.join()
+ctypes.CDLL("libc.so.6").malloc_stats()  # to stderr: a block per arena
+"""
+
+
+@pytest.mark.skipif(_glibc() is None, reason="glibc's malloc")
+def test_threads_started_for_a_cpu_run_share_one_malloc_arena():
+    """A training thread's own arena starts cold: its first epoch faulted its pages in
+    again (host_memory.py). After keep_freed_memory() a new thread uses the main one."""
+    arenas = {}
+    for mode in ("own", "shared"):
+        result = subprocess.run(
+            [sys.executable, "-c", ARENAS, mode],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        arenas[mode] = result.stderr.count("Arena ")
+    assert arenas["own"] >= 2 and arenas["shared"] == 1, arenas
+
+
 def test_batch_norm_statistics_are_re_estimated_for_the_layers_that_train():
     """Before each evaluation the training BatchNorm layers get statistics of the current
     weights (a cumulative average over a sample); frozen layers keep the pretrained ones."""
@@ -207,14 +242,15 @@ def test_the_weight_average_follows_its_decay_and_is_in_the_model_only_while_app
         optimizer.zero_grad()
         average.update()
         decay = min(0.9, (1 + update) / (10 + update))
-        expected = [decay * e + (1 - decay) * p for e, p in zip(expected, model.parameters())]
+        expected = [
+            decay * e + (1 - decay) * p for e, p in zip(expected, model.parameters())
+        ]
     trained = [p.detach().clone() for p in model.parameters()]
     assert not torch.allclose(expected[0], trained[0])
-    with pytest.raises(RuntimeError, match="inside"):
-        with average.applied():
-            for p, e in zip(model.parameters(), expected):
-                assert torch.allclose(p, e)
-            raise RuntimeError("inside")
+    with pytest.raises(RuntimeError, match="inside"), average.applied():
+        for p, e in zip(model.parameters(), expected):
+            assert torch.allclose(p, e)
+        raise RuntimeError("inside")
     for p, t in zip(model.parameters(), trained):  # back, after an error too
         assert torch.equal(p, t)
     assert torch.equal(frozen, torch.ones(3))
@@ -237,9 +273,13 @@ def test_ema_scores_and_keeps_the_average_without_changing_the_training(
         )
         for ema in (True, False)
     }
-    losses = {ema: [row["train_loss"] for row in run.history] for ema, run in runs.items()}
+    losses = {
+        ema: [row["train_loss"] for row in run.history] for ema, run in runs.items()
+    }
     assert losses[True] == losses[False]
-    scores = {ema: [row["val_loss"] for row in run.history] for ema, run in runs.items()}
+    scores = {
+        ema: [row["val_loss"] for row in run.history] for ema, run in runs.items()
+    }
     assert scores[True] != scores[False]
     kept = {ema: run.model.get_classifier().weight for ema, run in runs.items()}
     assert not torch.equal(kept[True], kept[False])

@@ -13,6 +13,7 @@ import threading
 from typing import Any, Optional
 
 from nbaccel.core.config import TrainConfig, check_option_names, signature_with_options
+from nbaccel.core.host_memory import keep_freed_memory
 from nbaccel.core.openmp import release_thread_pool
 from nbaccel.core.prepare import prepare_plan
 from nbaccel.core.run import Run, TrainingFailed
@@ -46,6 +47,7 @@ class Comparison:
         if self._thread.ident is None:
             if self.accelerated.device == "cpu":  # one OpenMP pool: see openmp.py
                 release_thread_pool()
+                keep_freed_memory()  # one malloc arena: see host_memory.py
             self._thread.start()
         return self
 

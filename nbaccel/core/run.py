@@ -96,6 +96,8 @@ class Run:
             self._started = True
             _current_run = self
             self._context = contextvars.copy_context()  # as it is now
+            if self._device.type == "cpu":  # before the threads start: host_memory.py
+                keep_freed_memory()
             self._publisher.start()
             if background:
                 if self._device.type == "cpu":  # one OpenMP pool: openmp.py says why
@@ -301,8 +303,6 @@ class Run:
         plan, self._plan = self._plan, None  # the thread holds the only reference
         assert plan is not None
         try:
-            if self._device.type == "cpu":
-                keep_freed_memory()  # see host_memory.py
             with torch.enable_grad():
                 status, reason, best_epoch = run_training(
                     plan, self._publisher.queue.put, self._control
