@@ -226,34 +226,34 @@ def test_only_the_last_layer_of_a_deeper_head_starts_at_zero():
     assert not torch.equal(head.fc1.weight, fc1)
 
 
-def test_the_weight_average_follows_its_decay_and_is_in_the_model_only_while_applied():
+def test_the_weight_average_follows_its_decay_and_swaps_with_the_trained_weights():
     from nbaccel.core.averaging import WeightAverage, ema_decay
 
     assert ema_decay(20, 1000) == pytest.approx(0.5 ** (1 / 10))  # half an epoch
     assert ema_decay(20, 30) == pytest.approx(0.5 ** (1 / 3))  # a tenth of a short run
-    model = torch.nn.Linear(4, 2)
-    frozen = torch.nn.Parameter(torch.ones(3), requires_grad=False)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    model[0].requires_grad_(False)  # frozen: not the optimizer's, never averaged
+    frozen = model[0].weight.detach().clone()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=0.5)
     average = WeightAverage(optimizer, decay=0.9)
-    expected = [p.detach().clone() for p in model.parameters()]
+    expected = [p.detach().clone() for p in trainable]
     for update in range(1, 31):
         model(torch.randn(8, 4)).pow(2).sum().backward()
         optimizer.step()
         optimizer.zero_grad()
         average.update()
         decay = min(0.9, (1 + update) / (10 + update))
-        expected = [
-            decay * e + (1 - decay) * p for e, p in zip(expected, model.parameters())
-        ]
-    trained = [p.detach().clone() for p in model.parameters()]
+        expected = [decay * e + (1 - decay) * p for e, p in zip(expected, trainable)]
+    trained = [p.detach().clone() for p in trainable]
     assert not torch.allclose(expected[0], trained[0])
-    with pytest.raises(RuntimeError, match="inside"), average.applied():
-        for p, e in zip(model.parameters(), expected):
-            assert torch.allclose(p, e)
-        raise RuntimeError("inside")
-    for p, t in zip(model.parameters(), trained):  # back, after an error too
+    average.swap()  # the average in the model
+    for p, e in zip(trainable, expected):
+        assert torch.allclose(p, e)
+    assert torch.equal(model[0].weight, frozen)
+    average.swap()  # and the trained weights back, exactly
+    for p, t in zip(trainable, trained):
         assert torch.equal(p, t)
-    assert torch.equal(frozen, torch.ones(3))
 
 
 def test_ema_scores_and_keeps_the_average_without_changing_the_training(
@@ -281,6 +281,9 @@ def test_ema_scores_and_keeps_the_average_without_changing_the_training(
         ema: [row["val_loss"] for row in run.history] for ema, run in runs.items()
     }
     assert scores[True] != scores[False]
+    # Both keep epoch 3 (the lowest val_loss): trained alike, the kept weights differ
+    # only because one run kept the average.
+    assert [run.best["epoch"] for run in runs.values()] == [3, 3]
     kept = {ema: run.model.get_classifier().weight for ema, run in runs.items()}
     assert not torch.equal(kept[True], kept[False])
     assert runs[True].config.ema is True and runs[True].best["val_acc"] >= 0.9

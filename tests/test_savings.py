@@ -61,6 +61,11 @@ def test_head_only_run_projects_a_baseline_longer_than_itself(digits_high):
     assert sum(savings.breakdown.values()) == pytest.approx(savings.saved_s)
     assert savings.breakdown["frozen layers"] > 0
     assert savings.breakdown["calibration"] == -savings.calibration_s
+    # The weight average (ema, on by default) is timed and charged to this run.
+    assert savings.breakdown["weight average"] < 0
+    assert (
+        "(timed)" in dict((c, how) for c, _, how in savings.by_cause)["weight average"]
+    )
     assert savings.actual_s == pytest.approx(run.events[-1].elapsed_s, abs=0.5)
     assert "after a warm-up on this run's batches" in savings.baseline_how
     assert "measured" in savings.actual_how

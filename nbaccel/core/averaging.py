@@ -7,17 +7,15 @@ recent average is the better model long before the schedule has decayed (timm's
 ImageNet weights on the ten digits scored 0.969, 0.986 after two epochs with the average
 against 0.964, 0.969 with the raw weights (the same run; docs/design.md).
 
-Only the parameters the optimizer updates are averaged (frozen ones never move; BatchNorm's
-statistics are re-estimated before each evaluation, or kept as they trained). The average
-lives beside the model, on its device; an evaluation copies it into the model and copies
-the trained weights back afterwards, so the step, a compiled wrapper and the feature cache
-need not know.
+Only the parameters the optimizer updates are averaged (frozen ones never move). BatchNorm
+statistics are not averaged: with `bn_stats` on (the default) they are re-estimated for the
+averaged weights before each evaluation; with it off, the running averages that followed
+the trained weights are used. For an evaluation the average and the trained weights swap
+places in the model's own tensors (one temporary tensor at a time, so no second copy of the
+model is made), so the step, a compiled wrapper and the feature cache need not know.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 
@@ -36,28 +34,26 @@ def ema_decay(steps_per_epoch: int, total_steps: int) -> float:
 
 class WeightAverage:
     """An exponential moving average of `optimizer`'s parameters. `update()` after each
-    optimizer step; `applied()` around an evaluation (and a copy of the best weights)."""
+    optimizer step; `swap()` puts the average in the model (to evaluate it, or copy it as
+    the best weights), and `swap()` again puts the trained weights back."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, decay: float) -> None:
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.average = [p.detach().clone() for p in self.params]
         self.decay, self.updates = decay, 0
+        self.swapped = False  # whether the model holds the average now
 
     @torch.no_grad()
     def update(self) -> None:
+        assert not self.swapped, "update() with the average in the model"
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1 - decay)
+        torch._foreach_lerp_(self.average, self.params, 1 - decay)
 
-    @contextmanager
-    def applied(self) -> Iterator[None]:
-        """The average in the model's parameters while inside; the trained weights back
-        after, whatever happens inside."""
-        with torch.no_grad():
-            trained = [p.detach().clone() for p in self.params]
-            torch._foreach_copy_([p.detach() for p in self.params], self.average)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_([p.detach() for p in self.params], trained)
+    @torch.no_grad()
+    def swap(self) -> None:
+        for param, average in zip(self.params, self.average):
+            held = param.clone()
+            param.copy_(average)
+            average.copy_(held)
+        self.swapped = not self.swapped

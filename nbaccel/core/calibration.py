@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from nbaccel.core.averaging import WeightAverage
 from nbaccel.core.events import Calibration
 from nbaccel.core.features import pre_logits
 from nbaccel.core.loaders import read_batch
@@ -92,6 +93,7 @@ def calibrate(
     )
     optimizer_gain_s = _time_fused_gain(plan, model, train[0], notes)
     bn_stats_s = _time_norm_refresh(plan, model, norm_sample)
+    ema_s = _time_weight_average(plan, model, len(train_loader)) if plan.ema else 0.0
     return Calibration(
         train_data_s=train_data_s,
         val_data_s=val_data_s,
@@ -106,6 +108,7 @@ def calibrate(
         cached_val_data_s=cached_val_s,
         optimizer_gain_s=optimizer_gain_s,
         bn_stats_s=bn_stats_s,
+        ema_s=ema_s,
         notes=tuple(notes),
         **features,
     )
@@ -253,8 +256,12 @@ def _optimizer_seconds(plan: Plan, model: nn.Module, batch: Batch) -> dict[bool,
     seconds = {}
     for fused in (False, True):
         optimizer = create_optimizer(copied, plan.head_lr, plan.backbone_lr, fused)
-        seconds[fused], _ = time_steps(  # 1 warm-up step, then 2 timed
-            lambda _, o=optimizer: o.step(), [None], plan.device, 0.0, warmup=1
+        seconds[fused], _ = time_steps(  # 3 warm-up steps, then 2 timed: with 1,
+            # the plain update's first timed steps were slow, its gain 50% too high
+            lambda _, o=optimizer: o.step(),
+            [None],
+            plan.device,
+            share_s=0.0,
         )
     return seconds
 
@@ -277,6 +284,27 @@ def _time_norm_refresh(
     del copied
     release(plan.device)
     return seconds
+
+
+def _time_weight_average(plan: Plan, model: nn.Module, steps_per_epoch: int) -> float:
+    """Seconds an epoch the weights' average costs: an update after every step and the
+    two swaps around the evaluation (on a copy, gone before its memory is given back)."""
+    seconds = _average_seconds(plan, copy.deepcopy(model), steps_per_epoch)
+    release(plan.device)
+    return seconds
+
+
+def _average_seconds(plan: Plan, copied: nn.Module, steps_per_epoch: int) -> float:
+    average = WeightAverage(
+        create_optimizer(copied, plan.head_lr, plan.backbone_lr), decay=0.9
+    )
+    update_s, _ = time_steps(
+        lambda _: average.update(), [None], plan.device, share_s=0.0, warmup=1
+    )
+    started = now(plan.device)
+    average.swap()
+    average.swap()
+    return steps_per_epoch * update_s + now(plan.device) - started
 
 
 def _read_batches(loader: DataLoader, count: int) -> tuple[list[Batch], float, float]:

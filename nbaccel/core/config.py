@@ -229,7 +229,8 @@ class TrainConfig:
     )
     ema: Union[bool, str] = switch(
         "score and keep an exponential moving average of the weights (a half-life of "
-        "half an epoch): 'auto' (on), True, or False (the weights as they trained)",
+        "half an epoch; BatchNorm statistics are those bn_stats gives): 'auto' (on), "
+        "True, or False (the weights as they trained)",
     )
     precision: str = option(
         "auto",

@@ -116,6 +116,7 @@ class Calibration:
     bn_stats_s: float = (
         0.0  # re-estimating BatchNorm statistics, once (an epoch's cost)
     )
+    ema_s: float = 0.0  # the weights' average: an epoch's updates and swaps (if on)
     # Batches the baseline could not take whole (out of memory) were timed smaller and
     # scaled to the run's batch; these say how, in words (empty: timed as they are).
     notes: tuple[str, ...] = ()

@@ -10,12 +10,14 @@ its second epoch at 560-620 images/s instead of 700-800 once the best epoch's we
 been copied to the host (the copy changed the heap's layout), and at 740-860 every epoch
 with the thresholds below.
 
-And one arena for every thread: glibc gives each new thread that allocates its own malloc
-arena, which starts cold, so a run's first epoch on a fresh training thread faulted in its
-pages again (background epochs 1 at 380-460 images/s against 450-480 on the main thread,
-resnet18 at 32 px); with one arena, shared with the thread that prepared the run, 460-483
-against 461-475. Set before the threads that train are started (an existing thread keeps
-its arena). Linux with glibc only; elsewhere nothing is changed.
+And no new arenas: glibc gives each new thread that allocates a malloc arena of its own,
+which starts cold, so a run's first epoch on a fresh training thread faulted in its pages
+again (in a script, background epochs 1 at 380-460 images/s against 450-480 on the main
+thread, resnet18 at 32 px). With M_ARENA_MAX at 1, threads started afterwards reuse the
+existing arenas (in a script, the main thread's: 460-483 against 461-475). Set before the
+threads that train are started: a thread keeps the arena it got first, and glibc ignores a
+later limit once it has fixed one itself (past 8 arenas), so in a kernel with many threads
+it may not take effect. Linux with glibc only; elsewhere nothing is changed.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ TRIM_THRESHOLD = 512 * 1024**2  # free memory kept at the heap's top before trim
 
 
 def keep_freed_memory() -> bool:
-    """Sets glibc's thresholds so freed blocks are kept for reuse, and one arena for the
-    threads started after it (process-wide, and it stays: it changes speed, never results).
-    True where it took effect."""
+    """Sets glibc's thresholds so freed blocks are kept for reuse, and no new arenas for
+    the threads started after it (process-wide, and it stays: it changes speed, never
+    results). True where glibc accepted the settings."""
     libc = _glibc()
     if libc is None:
         return False

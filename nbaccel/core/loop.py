@@ -12,7 +12,6 @@ import math
 import random
 import time
 from collections.abc import Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Callable, Optional
@@ -149,35 +148,35 @@ def run_training(
                 emit,
                 control,
             )
-            if interrupted:
-                reason = interrupted
-                break
-            with average.applied() if average else nullcontext():
+            if average is not None:  # what is scored and kept: the weights' average
+                average.swap()
+            if not interrupted:
                 interrupted, val_loss, val_acc = evaluate(
                     model, trainee, micro, plan, control, emit, last, norm_sample
                 )
-                if interrupted:
-                    reason = interrupted
-                    break
-                # 5. Record the epoch; keep a host copy of the best weights so far
-                # (the averaged ones, when ema is on: the ones just evaluated).
-                row = dict(
-                    epoch=epoch,
-                    train_loss=last.train_loss,
-                    val_loss=val_loss,
-                    val_acc=val_acc,
-                    images_per_s=last.images_per_s,
-                    epoch_s=time.perf_counter() - started,
-                    elapsed_s=control.elapsed(),
-                )
-                history.append(row)
-                monitor = plan.stop_rule.monitor
-                is_best = best_epoch is None or is_better(
-                    monitor, row[monitor], history[best_epoch - 1][monitor]
-                )
-                if is_best:
-                    best_state, best_epoch = best_state_copy(model), epoch
-                emit(EpochEnded(**row, is_best=is_best))
+            if interrupted:
+                reason = interrupted
+                break
+            # 5. Record the epoch; keep a host copy of the best weights so far.
+            row = dict(
+                epoch=epoch,
+                train_loss=last.train_loss,
+                val_loss=val_loss,
+                val_acc=val_acc,
+                images_per_s=last.images_per_s,
+                epoch_s=time.perf_counter() - started,
+                elapsed_s=control.elapsed(),
+            )
+            history.append(row)
+            monitor = plan.stop_rule.monitor
+            is_best = best_epoch is None or is_better(
+                monitor, row[monitor], history[best_epoch - 1][monitor]
+            )
+            if is_best:
+                best_state, best_epoch = best_state_copy(model), epoch
+            if average is not None:  # the trained weights back, to train on
+                average.swap()
+            emit(EpochEnded(**row, is_best=is_best))
             # 6. Ask the stopping rules; the epoch budget ends the loop by itself.
             fired = plan.stop_rule.check(history, control.elapsed())
             if fired:

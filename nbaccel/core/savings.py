@@ -121,7 +121,8 @@ def estimate_savings(
             + val_batches * (cal.val_data_s + cal.own_eval_s)
             - compile_gain
         )
-    calibrated += cal.bn_stats_s  # this run re-estimates BatchNorm before evaluating
+    # This run re-estimates BatchNorm before evaluating and averages its weights.
+    calibrated += cal.bn_stats_s + cal.ema_s
     epochs = [row["epoch_s"] for row in history]
     if acc.image_cache and run >= 2:
         epochs = epochs[1:]  # the first epoch filled the image cache
@@ -131,7 +132,13 @@ def estimate_savings(
     own = observed or calibrated
     # seconds per baseline epoch: what this run's epochs would take without each speed-up
     baseline = (
-        own + cache_gain + compile_gain + frozen_gain + precision_gain - cal.bn_stats_s
+        own
+        + cache_gain
+        + compile_gain
+        + frozen_gain
+        + precision_gain
+        - cal.bn_stats_s
+        - cal.ema_s
     )
     final = end_reason is not None
     by_user = end_reason == "user"  # epochs the user chose not to run are not a saving
@@ -194,6 +201,14 @@ def estimate_savings(
             "(timed), which the baseline does not spend"
             if cal.bn_stats_s
             else "not re-estimated",
+        ),
+        (
+            "weight average",
+            -counted * cal.ema_s,
+            f"scored and kept instead of the last weights: {cal.ema_s:.2f} s an epoch "
+            "(timed), which the baseline does not spend"
+            if cal.ema_s
+            else "off",
         ),
         ("calibration", -cal.cost_s, "timing the baseline's steps and this run's"),
     ]

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 WARMUP_STEPS = 3  # untimed steps first: on a CPU the first three are up to 2.5x slower
-MAX_STEPS = 3  # timed steps at most (their median: one slow step does not count)...
+MAX_STEPS = 3  # timed steps at most (the median of 3 leaves one slow step out)...
 MIN_STEPS = 2  # ...and at least, once the time share is spent (slow models)
 
 
