@@ -287,3 +287,6 @@ def test_ema_scores_and_keeps_the_average_without_changing_the_training(
     kept = {ema: run.model.get_classifier().weight for ema, run in runs.items()}
     assert not torch.equal(kept[True], kept[False])
     assert runs[True].config.ema is True and runs[True].best["val_acc"] >= 0.9
+    # Its BatchNorm layers train: their re-estimation, timed in epoch 1, is charged.
+    charged = runs[True].savings.breakdown
+    assert charged["batchnorm statistics"] < 0 and charged["weight average"] < 0

@@ -61,7 +61,9 @@ def test_head_only_run_projects_a_baseline_longer_than_itself(digits_high):
     assert sum(savings.breakdown.values()) == pytest.approx(savings.saved_s)
     assert savings.breakdown["frozen layers"] > 0
     assert savings.breakdown["calibration"] == -savings.calibration_s
-    # The weight average (ema, on by default) is timed and charged to this run.
+    # The weight average (ema, on by default) is timed and charged to this run; no
+    # BatchNorm trains in a head-only run, so none is re-estimated.
+    assert savings.breakdown["batchnorm statistics"] == 0
     assert savings.breakdown["weight average"] < 0
     assert (
         "(timed)" in dict((c, how) for c, _, how in savings.by_cause)["weight average"]

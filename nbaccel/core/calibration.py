@@ -25,7 +25,7 @@ from nbaccel.core.averaging import WeightAverage
 from nbaccel.core.events import Calibration
 from nbaccel.core.features import pre_logits
 from nbaccel.core.loaders import read_batch
-from nbaccel.core.model import recompute_batch_norm, set_train_mode
+from nbaccel.core.model import set_train_mode
 from nbaccel.core.optimizer import create_optimizer
 from nbaccel.core.plan import Plan
 from nbaccel.core.precision import autocast
@@ -45,7 +45,6 @@ def calibrate(
     val_loader: DataLoader,
     stop_requested: Callable[[], bool] = lambda: False,
     timed: Optional[dict[str, float]] = None,
-    norm_sample: Sequence[torch.Tensor] = (),
     budget_s: float = BUDGET_S,
 ) -> Optional[Calibration]:
     """Times the baseline's and the run's steps on the loaders' real batches.
@@ -53,8 +52,7 @@ def calibrate(
     Returns None when a stop is asked for meanwhile. `model` is on the run's device; it is
     copied, never trained. `timed`: seconds per step of the run's own configuration in a
     precision, already measured on this batch (by the bf16 probe), not timed again.
-    `norm_sample`: the images that re-estimate BatchNorm before each evaluation; that
-    pass is timed once too.
+    The BatchNorm re-estimation (bn_stats) is timed by the loop on its first real run.
     """
     started = time.perf_counter()
     device, depth, precision = plan.device, plan.freeze_depth, plan.precision
@@ -92,7 +90,6 @@ def calibrate(
         else {}
     )
     optimizer_gain_s = _time_fused_gain(plan, model, train[0], notes)
-    bn_stats_s = _time_norm_refresh(plan, model, norm_sample)
     ema_s = _time_weight_average(plan, model, len(train_loader)) if plan.ema else 0.0
     return Calibration(
         train_data_s=train_data_s,
@@ -107,7 +104,6 @@ def calibrate(
         cached_train_data_s=cached_train_s,
         cached_val_data_s=cached_val_s,
         optimizer_gain_s=optimizer_gain_s,
-        bn_stats_s=bn_stats_s,
         ema_s=ema_s,
         notes=tuple(notes),
         **features,
@@ -263,26 +259,6 @@ def _optimizer_seconds(plan: Plan, model: nn.Module, batch: Batch) -> dict[bool,
             plan.device,
             share_s=0.0,
         )
-    return seconds
-
-
-def _time_norm_refresh(
-    plan: Plan, model: nn.Module, norm_sample: Sequence[torch.Tensor]
-) -> float:
-    """Seconds one re-estimation of the BatchNorm statistics takes (on a copy)."""
-    if not norm_sample:
-        return 0.0
-    copied = copy.deepcopy(model)
-
-    def forward(network: nn.Module, inputs: torch.Tensor) -> None:
-        with autocast(plan.device, plan.precision):
-            network(inputs.to(plan.device, memory_format=plan.memory_format))
-
-    started = now(plan.device)
-    recompute_batch_norm(copied, list(norm_sample), forward)
-    seconds = now(plan.device) - started
-    del copied
-    release(plan.device)
     return seconds
 
 

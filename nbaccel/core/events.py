@@ -113,9 +113,9 @@ class Calibration:
     optimizer_gain_s: float = 0.0  # what the fused AdamW saves per step (if used)
     feature_step_s: float = 0.0  # compute: a training step on cached features (if any)
     feature_eval_s: float = 0.0  # compute: a validation batch on cached features
-    bn_stats_s: float = (
-        0.0  # re-estimating BatchNorm statistics, once (an epoch's cost)
-    )
+    # Re-estimating BatchNorm statistics once (an epoch's cost): timed on the run's first
+    # re-estimation, reported in a later Measured; 0 until then.
+    bn_stats_s: float = 0.0
     ema_s: float = 0.0  # the weights' average: an epoch's updates and swaps (if on)
     # Batches the baseline could not take whole (out of memory) were timed smaller and
     # scaled to the run's batch; these say how, in words (empty: timed as they are).

@@ -105,9 +105,7 @@ def run_training(
         # features. All of it counts in elapsed. Then seed again: none of it may
         # change the run.
         norm_sample = batch_norm_sample(plan, model)
-        calibration = measure_baseline(
-            plan, model, loaders, control, timed, norm_sample
-        )
+        calibration = measure_baseline(plan, model, loaders, control, timed)
         compiled_before = compile_seconds()
         trainee = None
         if not control.stop_requested.is_set():
@@ -151,12 +149,16 @@ def run_training(
             if average is not None:  # what is scored and kept: the weights' average
                 average.swap()
             if not interrupted:
-                interrupted, val_loss, val_acc = evaluate(
+                interrupted, val_loss, val_acc, refreshed_s = evaluate(
                     model, trainee, micro, plan, control, emit, last, norm_sample
                 )
             if interrupted:
                 reason = interrupted
                 break
+            if epoch == 1 and calibration is not None and norm_sample:
+                # The BatchNorm re-estimation, timed on its first run, for the savings.
+                calibration = replace(calibration, bn_stats_s=refreshed_s)
+                emit(Measured(calibration, trainee.acceleration, control.elapsed()))
             # 5. Record the epoch; keep a host copy of the best weights so far.
             row = dict(
                 epoch=epoch,
@@ -286,16 +288,13 @@ def measure_baseline(
     loaders: tuple,
     control: Control,
     timed: dict[str, float],
-    norm_sample: list[torch.Tensor],
 ) -> Optional[Calibration]:
     """The calibration, unless baseline="off", a stop came first, or not even one image
     fits in GPU memory for the baseline (the run goes on without savings)."""
     if not plan.measure_baseline:
         return None
     try:
-        return calibrate(
-            plan, model, *loaders, control.stop_requested.is_set, timed, norm_sample
-        )
+        return calibrate(plan, model, *loaders, control.stop_requested.is_set, timed)
     except torch.cuda.OutOfMemoryError:
         pass
     release(plan.device)  # after the except block, which held the failed step
@@ -429,11 +428,12 @@ def evaluate(
     emit: Emit,
     last: Progress,
     norm_sample: list[torch.Tensor],
-) -> tuple[Optional[str], float, float]:
-    """(interruption reason or None, mean loss, accuracy) on the validation data: "user"
-    when a stop was asked for, "nan" when the loss is not finite. `last` is the epoch's
-    last Progress, repeated with a note if the validation batches must be split. The
-    training BatchNorm layers' statistics are first re-estimated on `norm_sample`."""
+) -> tuple[Optional[str], float, float, float]:
+    """(interruption reason or None, mean loss, accuracy, seconds the BatchNorm
+    re-estimation took) on the validation data: "user" when a stop was asked for, "nan"
+    when the loss is not finite. `last` is the epoch's last Progress, repeated with a note
+    if the validation batches must be split. The training BatchNorm layers' statistics
+    are first re-estimated on `norm_sample`."""
 
     def on_split(text: str) -> None:
         emit(replace(last, elapsed_s=control.elapsed(), note=text))
@@ -446,14 +446,16 @@ def evaluate(
 
         micro.run(pieces, on_split, size=len(inputs))  # out of memory: in pieces
 
+    started = now(plan.device)
     recompute_batch_norm(model, norm_sample, forward)
+    refreshed_s = now(plan.device) - started
     model.eval()
     loss_sum = torch.zeros((), device=plan.device)
     correct = torch.zeros((), device=plan.device, dtype=torch.long)
     count = 0
     for inputs, targets in trainee.val_batches():
         if control.should_stop():
-            return "user", math.nan, math.nan
+            return "user", math.nan, math.nan, refreshed_s
         logits = micro.run(
             partial(
                 eval_step,
@@ -471,4 +473,4 @@ def evaluate(
         correct += (logits.argmax(dim=1) == targets).sum()
         count += len(targets)
     loss, accuracy = loss_sum.item() / count, correct.item() / count
-    return (None if math.isfinite(loss) else "nan"), loss, accuracy
+    return (None if math.isfinite(loss) else "nan"), loss, accuracy, refreshed_s

@@ -200,7 +200,7 @@ def estimate_savings(
             f"re-estimated before each evaluation: {cal.bn_stats_s:.2f} s an epoch "
             "(timed), which the baseline does not spend"
             if cal.bn_stats_s
-            else "not re-estimated",
+            else "not re-estimated (or not timed yet: the first evaluation times it)",
         ),
         (
             "weight average",
