@@ -6,12 +6,16 @@ BIN := $(VENV)/bin
 .PHONY: setup demo demo-script test lint clean
 
 $(BIN)/python:
+	@echo "nbaccel: creating the virtual environment $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # The stamp re-runs the install whenever the declared dependencies change.
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	@echo "nbaccel: installing nbaccel with torch, timm, JupyterLab and the test tools into"
+	@echo "         $(VENV) (a few minutes on a fresh machine; pip prints only errors)"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	@echo "nbaccel: installed"
 	touch $@
 
 setup: $(VENV)/.installed
