@@ -36,8 +36,9 @@ TRACES: dict[str, tuple[int, bool, dict]] = {
         dict(mode="lines+markers", line=dict(color="#2ca02c", dash="dot")),
     ),
     "images/s": (2, False, dict(line=dict(color="#9467bd"))),
-    "elapsed": (3, False, dict(line=dict(color="#1f77b4"))),
-    "projected": (3, False, dict(line=dict(color="#1f77b4", dash="dash"))),
+    # Not train loss's blue: the legend is shared by the three panels.
+    "elapsed": (3, False, dict(line=dict(color="#444444"))),
+    "projected": (3, False, dict(line=dict(color="#444444", dash="dash"))),
     # The baseline's projected time (every layer trained, fp32), from SavingsUpdated.
     "baseline": (3, False, dict(line=dict(color="#d62728", dash="dot"))),
 }
@@ -160,7 +161,8 @@ def create_figure() -> go.Figure:
         col=1,
         secondary_y=True,
     )
-    figure.update_yaxes(title_text="images/s", row=1, col=2)
+    # From zero: a throughput axis cut near its values made noise look dramatic.
+    figure.update_yaxes(title_text="images/s", rangemode="tozero", row=1, col=2)
     figure.update_yaxes(title_text="seconds", row=1, col=3)
     figure.update_layout(
         height=330,
