@@ -9,7 +9,13 @@ from IPython.testing import globalipapp
 import nbaccel
 from nbaccel.core import EpochEnded, Progress
 from nbaccel.ui import panel_for
-from nbaccel.ui.charts import MAX_POINTS, ChartData, create_figure, thin
+from nbaccel.ui.charts import (
+    MAX_POINTS,
+    ChartData,
+    HtmlChart,
+    create_figure,
+    thin,
+)
 from tests.conftest import SMALL
 
 
@@ -76,6 +82,18 @@ def test_figure_has_the_three_panels_and_every_trace():
     ]
     titles = [a.text for a in figure.layout.annotations]
     assert titles == ["loss and accuracy", "throughput", "time"]
+
+
+def test_a_single_point_is_drawn_as_a_marker_until_a_line_can_be_seen():
+    chart = HtmlChart()
+    series = {"train loss": ([0.1], [2.3])}
+    chart.draw(lambda name: series.get(name, ([], [])))
+    modes = {t.name: t.mode for t in chart.figure.data}
+    assert modes["train loss"] == "lines+markers"  # one point: a marker
+    assert modes["images/s"] == "lines" and modes["val loss"] == "lines+markers"
+    series["train loss"] = ([0.1, 0.2], [2.3, 2.1])
+    chart.draw(lambda name: series.get(name, ([], [])))
+    assert chart.figure.data[0].mode == "lines"  # two points: the line again
 
 
 def test_html_backend_renders_plotly_html_through_one_display_handle(

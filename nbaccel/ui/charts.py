@@ -142,7 +142,9 @@ def create_figure() -> go.Figure:
         horizontal_spacing=0.11,
     )
     for name, (column, secondary, style) in TRACES.items():
-        trace = go.Scatter(x=[], y=[], name=name, mode=style.get("mode", "lines"))
+        mode = style.get("mode", "lines")
+        # meta: the trace's own mode, which fill() puts back once it has two points
+        trace = go.Scatter(x=[], y=[], name=name, mode=mode, meta=mode)
         trace.update({k: v for k, v in style.items() if k != "mode"})
         if secondary:
             figure.add_trace(trace, row=1, col=column, secondary_y=True)
@@ -178,6 +180,15 @@ def create_figure() -> go.Figure:
 Points = Callable[[str], tuple[list[float], list[float]]]  # trace name -> (xs, ys)
 
 
+def fill(trace: go.Scatter, points: Points) -> None:
+    """Sets a trace's points; a line trace with a single point shows it as a marker (a
+    line needs two points to be seen)."""
+    xs, ys = points(trace.name)  # (inside a batch update, trace.x reads the old value)
+    trace.x, trace.y = xs, ys
+    if trace.meta:
+        trace.mode = trace.meta if len(xs) != 1 else "lines+markers"
+
+
 class NoChart:
     """`charts="off"`: nothing drawn."""
 
@@ -205,7 +216,7 @@ class WidgetChart(NoChart):
     def draw(self, points: Points) -> None:
         with self.widget.batch_update():
             for trace in self.widget.data:
-                trace.x, trace.y = points(trace.name)
+                fill(trace, points)
 
 
 class HtmlChart(NoChart):
@@ -223,7 +234,7 @@ class HtmlChart(NoChart):
     def draw(self, points: Points) -> None:
         with self.figure.batch_update():
             for trace in self.figure.data:
-                trace.x, trace.y = points(trace.name)
+                fill(trace, points)
         if self._handle is not None:
             self._handle.update(self.bundle(), raw=True)
 
