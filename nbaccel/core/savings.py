@@ -121,8 +121,10 @@ def estimate_savings(
             + val_batches * (cal.val_data_s + cal.own_eval_s)
             - compile_gain
         )
-    # This run re-estimates BatchNorm before evaluating and averages its weights.
-    calibrated += cal.bn_stats_s + cal.ema_s
+    # What only this run spends each epoch: re-estimating BatchNorm before evaluating,
+    # and averaging its weights.
+    extras = cal.bn_stats_s + cal.ema_s
+    calibrated += extras
     epochs = [row["epoch_s"] for row in history]
     if acc.image_cache and run >= 2:
         epochs = epochs[1:]  # the first epoch filled the image cache
@@ -131,15 +133,7 @@ def estimate_savings(
     observed = sum(epochs) / len(epochs) if epochs else None
     own = observed or calibrated
     # seconds per baseline epoch: what this run's epochs would take without each speed-up
-    baseline = (
-        own
-        + cache_gain
-        + compile_gain
-        + frozen_gain
-        + precision_gain
-        - cal.bn_stats_s
-        - cal.ema_s
-    )
+    baseline = own + cache_gain + compile_gain + frozen_gain + precision_gain - extras
     final = end_reason is not None
     by_user = end_reason == "user"  # epochs the user chose not to run are not a saving
     projected = run if by_user else budget  # baseline epochs to compare against

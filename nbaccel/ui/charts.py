@@ -185,8 +185,9 @@ def fill(trace: go.Scatter, points: Points) -> None:
     line needs two points to be seen)."""
     xs, ys = points(trace.name)  # (inside a batch update, trace.x reads the old value)
     trace.x, trace.y = xs, ys
-    if trace.meta:
-        trace.mode = trace.meta if len(xs) != 1 else "lines+markers"
+    mode = trace.meta if len(xs) != 1 else "lines+markers"
+    if trace.meta and trace.mode != mode:  # a change only: each one is sent to the view
+        trace.mode = mode
 
 
 class NoChart:
