@@ -20,9 +20,18 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
-# Opens the quickstart notebook in JupyterLab (offline: the bundled digits, no downloads).
+# JupyterLab starts the notebook's kernel itself (no "Select Kernel" dialog on a first
+# start, when the kernel list can come late): binder/overrides.json, in this venv's settings.
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
+
+# Opens the quickstart notebook in JupyterLab (offline: the bundled digits, no downloads),
+# on a copy in build/demo/: what the demo writes (outputs, digits0-4.pth) stays out of git.
+# A copy already there is kept, with your edits (rm -rf build/demo for fresh ones).
 demo: setup
-	$(BIN)/jupyter lab notebooks/quickstart.ipynb --ServerApp.allow_root=True
+	mkdir -p $(LAB_SETTINGS) build/demo
+	cp binder/overrides.json $(LAB_SETTINGS)/overrides.json
+	for f in notebooks/*.ipynb; do [ -e build/demo/$$(basename $$f) ] || cp $$f build/demo/; done
+	$(BIN)/jupyter lab build/demo/quickstart.ipynb --ServerApp.allow_root=True
 
 # The same training from a plain script, printing the events.
 demo-script: setup

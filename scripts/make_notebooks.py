@@ -24,12 +24,10 @@ def write(name, cells):
     nbformat.write(nb, f"notebooks/{name}.ipynb")
 
 
-source_cell = code("""source = nbaccel.fasttrain(
-    nbaccel.datasets.digits(range(5)), backbone="resnet18", pretrained=False,
-    image_size=32, epochs=3, stop="none", background=False,
-)
-source.save("digits0-4.pth")  # a weights file: --pretrained digits0-4.pth loads it
-source.history[-1]""")
+# --wait: the cell blocks until the source model is trained, its panel live meanwhile.
+source_cell = code("""low = nbaccel.datasets.digits(range(5))
+source = %fasttrain low --backbone resnet18 --pretrained no --image-size 32 --epochs 3 --stop none --wait
+source.save("digits0-4.pth")  # a weights file: --pretrained digits0-4.pth loads it""")
 
 write(
     "quickstart",

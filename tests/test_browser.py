@@ -37,14 +37,17 @@ def lab(tmp_path, cache):
     """JupyterLab on a free local port, serving a copy of the notebooks."""
     root = tmp_path / "lab"
     shutil.copytree(ROOT / "notebooks", root)
+    nbformat.write(views_notebook(), root / "views.ipynb")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     # Render every cell (JupyterLab 4 otherwise draws only those in view), no news popup.
     settings = tmp_path / "settings" / "@jupyterlab"
     (settings / "notebook-extension").mkdir(parents=True)
+    # autoStartDefaultKernel: no "Select Kernel" dialog over the notebook when the
+    # kernel list loads late on a first start (make demo ships the same setting).
     (settings / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
-        '{"windowingMode": "none"}'
+        '{"windowingMode": "none", "autoStartDefaultKernel": true}'
     )
     (settings / "apputils-extension").mkdir()
     (settings / "apputils-extension" / "notification.jupyterlab-settings").write_text(
@@ -93,6 +96,39 @@ def lab(tmp_path, cache):
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+# The other views a user sees, each kept as a screenshot: the picker panel (%fasttrain
+# with no data), a finished run's panel on a Kaggle-style train/ + test/ folder (its test
+# split scored at the end), and the comparison view.
+VIEWS = {
+    "setup": """%load_ext nbaccel
+import shutil
+from pathlib import Path
+import nbaccel
+
+digits = nbaccel.datasets.digits(range(3))
+kaggle = Path("kaggle")
+shutil.copytree(digits / "train", kaggle / "train", dirs_exist_ok=True)
+shutil.copytree(digits / "val", kaggle / "test", dirs_exist_ok=True)""",
+    "picker": "%fasttrain",
+    "finished": "run = %fasttrain kaggle --backbone test_resnet --pretrained no "
+    "--image-size 32 --epochs 3 --stop none --wait",
+    "comparison": "cmp = %fasttrain digits --backbone test_resnet --pretrained no "
+    "--image-size 32 --epochs 2 --compare",
+    "comparison-wait": "cmp.wait();",
+}
+
+
+def views_notebook() -> nbformat.NotebookNode:
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    notebook.cells = [nbformat.v4.new_code_cell(source) for source in VIEWS.values()]
+    return notebook
 
 
 def run_cell(page, cell) -> None:
@@ -167,6 +203,8 @@ def test_quickstart_panel_charts_and_stop_in_chromium(lab):
             )
             usable.wait_for(timeout=60_000)
             assert usable.inner_text().startswith("running")  # ran while it trained
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            cells.nth(magic).screenshot(path=str(SCREENSHOTS / "running.png"))
 
             page.get_by_role("button", name="Stop").click()
             status = page.get_by_text("stopped (user)")
@@ -180,6 +218,26 @@ def test_quickstart_panel_charts_and_stop_in_chromium(lab):
             shot = SCREENSHOTS / "quickstart.png"
             cells.nth(magic).screenshot(path=str(shot))  # the cell with its panel
             assert shot.stat().st_size > 10_000
+
+            # A workspace of its own: the quickstart's tab is not restored beside it.
+            page.goto(
+                f"{lab}/lab/workspaces/views/tree/views.ipynb?token={TOKEN}&reset"
+            )
+            page.wait_for_selector(
+                ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000
+            )
+            cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell")
+            for index, name in enumerate(VIEWS):
+                run_cell(page, cells.nth(index))
+                if name in ("picker", "finished", "comparison-wait"):
+                    view = "comparison" if name == "comparison-wait" else name
+                    cell = cells.nth(index if view != "comparison" else index - 1)
+                    cell.scroll_into_view_if_needed()
+                    page.wait_for_timeout(500)  # Plotly's last redraw
+                    cell.screenshot(path=str(SCREENSHOTS / f"{view}.png"))
+            texts = cells.nth(2).inner_text()
+            assert "finished (epochs)" in texts and "test_acc" in texts, texts
+            assert "speedup at equal accuracy" in cells.nth(3).inner_text()
         except BaseException:
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(

@@ -7,7 +7,7 @@ import pytest
 from IPython.testing import globalipapp
 
 import nbaccel
-from nbaccel.core import EpochEnded, Progress
+from nbaccel.core import EpochEnded, Progress, SavingsUpdated
 from nbaccel.ui import panel_for
 from nbaccel.ui.charts import (
     MAX_POINTS,
@@ -31,12 +31,19 @@ def test_series_follow_the_events(finished_run):
     events = finished_run.events
     progress = [e for e in events if isinstance(e, Progress)]
     epochs = [e for e in events if isinstance(e, EpochEnded)]
+    savings = None
     for event in events:
         data.add(event)
+        if isinstance(event, SavingsUpdated):
+            savings = event.savings
         if event is progress[0]:  # mid-run, a projection to the end of the budget
             (x0, x1), (y0, y1) = data.series["projected"]
             assert x1 == 3 and y0 == event.elapsed_s
-            assert y1 == pytest.approx(event.elapsed_s / x0 * 3)
+            # The savings' own projection: the chart's gap to the baseline's line at
+            # the end is the headline's projected saving.
+            assert savings is not None and y1 == savings.actual_s
+            baseline_end = data.series["baseline"][1][-1]
+            assert baseline_end - y1 == pytest.approx(savings.saved_s)
     assert data.series["val loss"] == ([1, 2, 3], [e.val_loss for e in epochs])
     assert data.series["val acc"][1] == [e.val_acc for e in epochs]
     # Train loss per window between Progress events, recovered from the running means.
@@ -94,6 +101,21 @@ def test_a_single_point_is_drawn_as_a_marker_until_a_line_can_be_seen():
     series["train loss"] = ([0.1, 0.2], [2.3, 2.1])
     chart.draw(lambda name: series.get(name, ([], [])))
     assert chart.figure.data[0].mode == "lines"  # two points: the line again
+
+
+def test_empty_axes_span_zero_to_one_and_fit_their_points_once_they_have_some():
+    chart = HtmlChart()
+    layout = chart.figure.layout
+    empty = ["xaxis", "yaxis", "xaxis2", "yaxis3", "xaxis3", "yaxis4"]
+    for name in empty:  # not Plotly's -1..4 for a trace-less axis
+        assert layout[name].autorange is False and tuple(layout[name].range) == (0, 1)
+    assert tuple(layout.yaxis2.range) == (0, 1.02)  # accuracy: always 0-100%
+    series = {"images/s": ([0.5, 1.0], [310.0, 290.0])}
+    chart.draw(lambda name: series.get(name, ([], [])))
+    assert layout.xaxis2.autorange is True and layout.yaxis3.autorange is True
+    assert layout.yaxis3.rangemode == "tozero"  # 0 to the points, noise kept small
+    assert layout.yaxis.autorange is False and layout.yaxis4.autorange is False
+    assert tuple(layout.yaxis2.range) == (0, 1.02) and layout.yaxis2.autorange is None
 
 
 def test_html_backend_renders_plotly_html_through_one_display_handle(

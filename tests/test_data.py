@@ -5,13 +5,14 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from nbaccel.core.data import (
-    read_folder,
-    read_object,
-    resolve_sources,
-    stratified_split,
-    to_pil,
-)
+from nbaccel.core.data import read_folder, read_object, stratified_split, to_pil
+from nbaccel.core.splits import resolve_sources as resolve
+
+
+def resolve_sources(data, val, seed):
+    sources = resolve(data, val, seed)
+    assert sources.test is None
+    return sources.train, sources.val
 
 
 def test_folder_with_train_and_val_subfolders_uses_them(digits_folder):

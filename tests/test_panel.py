@@ -51,6 +51,8 @@ def test_pause_resume_and_stop_buttons_drive_the_run(digits_high):
 
 def test_start_button_trains_with_the_chosen_settings(digits_high):
     panel = Panel(charts="widget")
+    assert panel.chart.widget not in panel.widget.children  # no empty chart when idle
+    assert "0 = auto: 224 px, resnet18's own" in panel.controls.image_size_info.value
     choose(
         panel,
         backbone="test_resnet",
@@ -60,8 +62,10 @@ def test_start_button_trains_with_the_chosen_settings(digits_high):
         epochs=2,
         stop="none",
     )
+    assert panel.controls.image_size_info.value.startswith("px")
     panel.start_button.click()
     run = panel.run
+    assert panel.widget.children[-2] is panel.chart.widget  # above the choices
     assert run is not None and run.config.backbone == "test_resnet"
     assert run.config.pretrained is False and run.config.epochs == 2
     run.wait(timeout=60)

@@ -195,7 +195,8 @@ class TrainConfig:
     data: Any = field(repr=False, metadata=dict(help="the images (see fasttrain)"))
     val: Any = option(
         0.2,
-        "fraction held out for validation (stratified, seeded), or a second data object",
+        "fraction held out for validation (stratified, seeded) when the data has no "
+        "validation split of its own, or a second data object",
         _val,
     )
     backbone: str = option(

@@ -1,14 +1,15 @@
-"""Data sources: a folder, an (images, labels) pair or a torch Dataset as train/val sources.
+"""Data sources: a folder of class subfolders, an (images, labels) pair or a torch Dataset.
 
-Every input becomes an `ImageSource` (something that yields PIL images and integer labels)
-and is split stratified and seeded; `loaders.py` turns sources into batches.
+Every input becomes an `ImageSource` (something that yields PIL images and integer labels);
+`splits.py` decides which images train, validate and test, `tables.py` reads a CSV or a
+DataFrame of paths and labels, and `loaders.py` turns sources into batches.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -21,7 +22,17 @@ from torch.utils.data import Dataset
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-VAL_FOLDER_NAMES = ("val", "valid", "validation")
+# The names (any case) of split folders and of a table's split values, and their split.
+# Split folders are never classes. "Training"/"Testing" are Kaggle's spelling.
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,61 +101,26 @@ def to_pil(image: Any) -> Image.Image:
 # --- reading sources -----------------------------------------------------------------------
 
 
-def resolve_sources(data: Any, val: Any, seed: int) -> tuple[ImageSource, ImageSource]:
-    """The train and validation sources for `data` and `val`.
-
-    Args:
-        data: a folder path, an (images, labels) pair, or a torch Dataset.
-        val: a fraction in (0, 1) to hold out, or a second data object. A folder that has
-            train/ and val/ (or valid/) subfolders uses those and ignores a fraction.
-        seed: seeds the stratified split.
-
-    Raises:
-        ValueError: the data is missing, empty, has a single class, or cannot be read.
-    """
-    if isinstance(data, (str, os.PathLike)):
-        root = Path(os.fspath(data)).expanduser()
-        split = _find_split_folders(root)
-        if split is not None:
-            train = read_folder(split[0])
-            return train, read_folder(split[1], class_names=train.class_names)
-        source = read_folder(root)
-    else:
-        source = read_object(data)
-    if isinstance(val, float):
-        return stratified_split(source, val, seed)
-    return source, read_any(val, class_names=source.class_names)
-
-
-def read_any(data: Any, class_names: Optional[tuple[str, ...]] = None) -> ImageSource:
-    if isinstance(data, (str, os.PathLike)):
-        return read_folder(Path(os.fspath(data)).expanduser(), class_names)
-    return read_object(data, class_names)
-
-
-def _find_split_folders(root: Path) -> Optional[tuple[Path, Path]]:
-    if not (root / "train").is_dir():
-        return None
-    for name in VAL_FOLDER_NAMES:
-        if (root / name).is_dir():
-            return root / "train", root / name
-    return None
-
-
 def read_folder(
-    root: Path, class_names: Optional[tuple[str, ...]] = None
+    root: Path,
+    class_names: Optional[tuple[str, ...]] = None,
+    skip: Collection[str] = (),
 ) -> ImageSource:
-    """Images in class subfolders of `root` (hidden folders such as .ipynb_checkpoints skipped)."""
+    """Images in class subfolders of `root`, but those named in `skip` (the split folders)
+    and hidden ones (.ipynb_checkpoints, __MACOSX)."""
     if not root.exists():
         raise ValueError(
             f"data folder {str(root)!r} does not exist; check the path (relative paths start at {os.getcwd()!r})"
         )
     if not root.is_dir():
         raise ValueError(
-            f"data path {str(root)!r} is a file; give a folder with one subfolder of images per class"
+            f"data path {str(root)!r} is a file; give a folder with one subfolder of images per "
+            "class, or a .csv file of image paths and labels"
         )
     folders = sorted(
-        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        p
+        for p in root.iterdir()
+        if p.is_dir() and not is_hidden(p.name) and p.name not in skip
     )
     files: dict[str, list[Path]] = {}
     for folder in folders:
@@ -152,7 +128,7 @@ def read_folder(
             p
             for p in folder.rglob("*")
             if p.suffix.lower() in IMAGE_EXTENSIONS
-            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            and not any(is_hidden(part) for part in p.relative_to(root).parts)
         )
         if images:
             files[folder.name] = images
@@ -179,7 +155,12 @@ def read_folder(
     labels = np.array(
         [names.index(name) for name in files for _ in files[name]], dtype=np.int64
     )
-    return _checked(ImageSource(paths, labels, names), str(root), class_names is None)
+    return checked(ImageSource(paths, labels, names), str(root), class_names is None)
+
+
+def is_hidden(name: str) -> bool:
+    """Folders no one means as data: .ipynb_checkpoints, .git, a zip's __MACOSX."""
+    return name.startswith(".") or name.startswith("__")
 
 
 def read_object(
@@ -195,8 +176,8 @@ def read_object(
                 f"got {len(images)} images but {len(labels)} labels; they must match one to one"
             )
         raw = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
-        names, indices = _index_labels(raw, class_names)
-        return _checked(
+        names, indices = index_labels(raw, class_names)
+        return checked(
             ImageSource(images, indices, names), "the arrays", class_names is None
         )
     raise ValueError(
@@ -219,12 +200,12 @@ def _read_dataset(
         raw = np.array(
             [str(own_names[i]) for i in raw]
         )  # torchvision style: indices into .classes
-    names, indices = _index_labels(raw, class_names)
+    names, indices = index_labels(raw, class_names)
     source = ImageSource(list(range(len(dataset))), indices, names, dataset)
-    return _checked(source, "the dataset", class_names is None)
+    return checked(source, "the dataset", class_names is None)
 
 
-def _index_labels(
+def index_labels(
     raw: np.ndarray, class_names: Optional[tuple[str, ...]]
 ) -> tuple[tuple[str, ...], np.ndarray]:
     """Class names (sorted unique labels as text) and each label's index into them."""
@@ -243,7 +224,7 @@ def _index_labels(
     return names, np.array([lookup[str(v)] for v in raw], dtype=np.int64)
 
 
-def _checked(source: ImageSource, where: str, is_training_data: bool) -> ImageSource:
+def checked(source: ImageSource, where: str, is_training_data: bool) -> ImageSource:
     if len(source) == 0:
         raise ValueError(f"{where} holds no images")
     if is_training_data and len(source.class_names) < 2:

@@ -43,6 +43,7 @@ class RunStarted:
     head_init: str = (
         ""  # how the new head started: "zeros", "timm's initialisation", ...
     )
+    test_images: int = 0  # the test split, scored once at the end (0: none)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,18 @@ class EpochEnded:
 
 
 @dataclass(frozen=True)
+class TestScore:
+    """The test split, scored once with the best epoch's weights when a run ends (finished,
+    or stopped after at least one epoch)."""
+
+    epoch: int  # whose weights were scored
+    images: int
+    test_loss: float
+    test_acc: float
+    error: Optional[str] = None  # why it could not be scored (the scores are then NaN)
+
+
+@dataclass(frozen=True)
 class RunEnded:
     """The last event of every run, whatever happened."""
 
@@ -88,6 +101,7 @@ class RunEnded:
     best_epoch: Optional[int]
     elapsed_s: float  # the run's wall time, calibration included, paused time left out
     traceback: Optional[str] = None  # the formatted traceback when status == "failed"
+    test: Optional[TestScore] = None  # the test split's score, when the data has one
 
 
 # --- what the training thread measures before the first epoch ------------------------------

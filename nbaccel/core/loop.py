@@ -279,6 +279,7 @@ def describe_start(
         speedups=tuple(decision.line() for decision in decisions),
         val_batches=len(val_loader),
         head_init=plan.head_init,
+        test_images=0 if plan.test is None else len(plan.test),  # type: ignore[arg-type]
     )
 
 

@@ -9,7 +9,7 @@ is the loop's own state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -43,6 +43,7 @@ class Plan:
         Dataset  # the training images with their transform (loaders.TransformedImages)
     )
     val: Dataset  # the validation images with the eval transform
+    test: Optional[Dataset]  # the test split's, scored once at the end; or None
     data_config: dict  # timm's resolved input size, mean, std, interpolation, crop
     augment: str  # "light" | "flip" | "none"
     head_lr: float

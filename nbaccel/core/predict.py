@@ -12,9 +12,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from timm.data import create_transform
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from nbaccel.core.data import IMAGE_EXTENSIONS, to_pil
 from nbaccel.core.steps import eval_step
@@ -56,6 +58,21 @@ def predict(
     probabilities = torch.cat(chunks).numpy()
     labels = [class_names[i] for i in probabilities.argmax(axis=1)]
     return Predictions(labels, probabilities)
+
+
+@torch.no_grad()
+def score(
+    model: nn.Module, images: Dataset, precision: str = "fp32"
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` on labelled, transformed `images`."""
+    device = next(model.parameters()).device
+    model.eval()
+    loss, correct = 0.0, 0
+    for inputs, targets in DataLoader(images, batch_size=PREDICT_BATCH):
+        logits = eval_step(model, inputs, device, precision).float().cpu()
+        loss += F.cross_entropy(logits, targets, reduction="sum").item()
+        correct += int((logits.argmax(dim=1) == targets).sum())
+    return loss / len(images), correct / len(images)  # type: ignore[arg-type]
 
 
 def _as_pictures(images: Any) -> list[Image.Image]:

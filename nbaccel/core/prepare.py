@@ -9,7 +9,6 @@ import torch
 from nbaccel.core.auto_precision import plan_precision
 from nbaccel.core.compiling import check_compile
 from nbaccel.core.config import TrainConfig
-from nbaccel.core.data import resolve_sources
 from nbaccel.core.features import decide_feature_cache
 from nbaccel.core.layout import decide_channels_last
 from nbaccel.core.loaders import (
@@ -32,6 +31,7 @@ from nbaccel.core.model import (
 from nbaccel.core.optimizer import decide_fused, resolve_learning_rates
 from nbaccel.core.plan import Plan
 from nbaccel.core.precision import resolve_device
+from nbaccel.core.splits import resolve_sources
 
 
 def prepare_plan(config: TrainConfig) -> Plan:
@@ -43,7 +43,8 @@ def prepare_plan(config: TrainConfig) -> Plan:
     device = resolve_device(config.device)
     precision, probe_precision = plan_precision(config.precision, device)
     check_compile(config.compile, device)
-    train, val = resolve_sources(config.data, config.val, config.seed)
+    sources = resolve_sources(config.data, config.val, config.seed)
+    train, val = sources.train, sources.val
     with torch.random.fork_rng(devices=[]):  # a seeded head; the user's RNG untouched
         torch.manual_seed(config.seed)
         model = create_backbone(
@@ -93,6 +94,7 @@ def prepare_plan(config: TrainConfig) -> Plan:
         class_names=train.class_names,
         train=train_images,
         val=val_images,
+        test=None if sources.test is None else TransformedImages(sources.test, eval_tf),
         data_config=data_config,
         augment=augment,
         head_lr=head_lr,

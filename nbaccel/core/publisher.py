@@ -81,6 +81,15 @@ class Publisher(threading.Thread):
             logger.exception("nbaccel could not derive the savings after %s", item)
             return None
 
+    def _record_test(self, ended: RunEnded) -> None:
+        """The test score goes into the row of the epoch whose weights it scored."""
+        test = ended.test
+        if test is None or test.error is not None:
+            return
+        for row in self.history:
+            if row["epoch"] == test.epoch:
+                row.update(test_loss=test.test_loss, test_acc=test.test_acc)
+
     def _publish(self, event: Optional[Any]) -> None:
         if event is None or isinstance(event, Measured):  # Measured: for us alone
             return
@@ -94,6 +103,7 @@ class Publisher(threading.Thread):
                 self.savings = event.savings
             elif isinstance(event, RunEnded):
                 self.ended = event
+                self._record_test(event)
             for fn in list(self._subscribers):
                 try:
                     fn(event)

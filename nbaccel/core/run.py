@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import logging
+import math
 import os
 import threading
 import traceback
@@ -22,12 +23,12 @@ from torch import nn
 from nbaccel.core.config import TrainConfig
 from nbaccel.core.control import Control, interrupt_stops
 from nbaccel.core.decision import Decision
-from nbaccel.core.events import Event, RunEnded, RunStarted, Savings
+from nbaccel.core.events import Event, RunEnded, RunStarted, Savings, TestScore
 from nbaccel.core.host_memory import give_back_freed_memory, keep_freed_memory
 from nbaccel.core.loop import run_training
 from nbaccel.core.openmp import release_thread_pool
 from nbaccel.core.plan import Plan
-from nbaccel.core.predict import Predictions, predict
+from nbaccel.core.predict import Predictions, predict, score
 from nbaccel.core.publisher import Publisher
 from nbaccel.core.saving import export, save
 from nbaccel.core.timing import release
@@ -36,6 +37,20 @@ logger = logging.getLogger(__name__)
 
 # The one registry: the latest run started in this process.
 _current_run: Optional[Run] = None
+
+
+def score_test(plan: Plan, best_epoch: int) -> TestScore:
+    """The test split scored with the best weights (plan.model holds them by now). A file
+    that cannot be read is reported in the score, not as a failed run: the trained model
+    is the result, and it is kept."""
+    assert plan.test is not None
+    images = len(plan.test)  # type: ignore[arg-type]
+    try:
+        loss, accuracy = score(plan.model, plan.test, plan.precision)
+    except Exception as error:  # noqa: BLE001 - the run's weights are kept regardless
+        logger.warning("the test split could not be scored: %s", error)
+        return TestScore(best_epoch, images, math.nan, math.nan, str(error))
+    return TestScore(best_epoch, images, loss, accuracy)
 
 
 class TrainingFailed(RuntimeError):
@@ -169,7 +184,8 @@ class Run:
     @property
     def history(self) -> list[dict]:
         """One dict per finished epoch: epoch, train_loss, val_loss, val_acc, images_per_s,
-        epoch_s, elapsed_s."""
+        epoch_s, elapsed_s; the best epoch's also test_loss and test_acc once the run has
+        scored a test split."""
         return [dict(row) for row in list(self._publisher.history)]
 
     @property
@@ -177,6 +193,14 @@ class Run:
         """The best epoch's row (by the stopping rule's monitored metric, val_loss by default)."""
         best = self._publisher.best
         return None if best is None else dict(best)
+
+    @property
+    def test(self) -> Optional[TestScore]:
+        """The test split's score (a data folder's test/, a table's test rows), taken once
+        with the best weights when the run ends (finished or stopped after an epoch);
+        None without a test split, or before the end. Its figures are also in run.best's row as test_loss, test_acc."""
+        ended = self._publisher.ended
+        return None if ended is None else ended.test
 
     @property
     def savings(self) -> Optional[Savings]:
@@ -307,8 +331,13 @@ class Run:
                 status, reason, best_epoch = run_training(
                     plan, self._publisher.queue.put, self._control
                 )
+            test = None
+            if plan.test is not None and best_epoch:  # finished, or stopped
+                test = score_test(plan, best_epoch)
             # The run's clock: from the first step's set-up, paused time left out.
-            ended = RunEnded(status, reason, best_epoch, self._control.elapsed())
+            ended = RunEnded(
+                status, reason, best_epoch, self._control.elapsed(), test=test
+            )
         except BaseException as error:  # noqa: BLE001 - everything becomes a failed run
             ended = RunEnded(
                 "failed",

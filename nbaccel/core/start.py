@@ -20,8 +20,10 @@ def fasttrain(data: Any, *, background: bool = True, **options: Any) -> Run:
     Every choice is checked here, before any thread starts: bad input raises ValueError.
 
     Args:
-        data: a folder (class subfolders, or train/ + val|valid/ subfolders), an (images,
-            labels) pair of arrays or tensors, or a torch Dataset yielding (image, label).
+        data: a folder (class subfolders, or split folders train/, val/, test/ holding
+            class subfolders), a .csv file or a DataFrame of image paths and labels, an
+            (images, labels) pair of arrays or tensors, or a torch Dataset yielding
+            (image, label). A test split is scored once at the end (run.test).
         {options}
         background: False trains on this thread and returns the ended run (scripts;
             Ctrl-C stops it at the next step).

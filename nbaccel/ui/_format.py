@@ -99,12 +99,16 @@ def status_html(
         f"{start.device}, {start.precision} · {start.freeze_depth}/"
         f"{len(start.layer_groups)} groups frozen, "
         f"{format_count(start.trainable_params)} of {format_count(start.total_params)} "
-        f"parameters train · {start.train_images} train / {start.val_images} val images"
+        f"parameters train · {start.train_images} train / {start.val_images} val"
+        + (f" / {start.test_images} test" if start.test_images else "")
+        + " images"
     )
     used = [line.split(":")[0] for line in start.speedups if ": on (" in line]
     if used:
         details = html.escape("\n".join(start.speedups), quote=True)
         setup += f" · <span title='{details}'>{html.escape(', '.join(used))}</span>"
+    # What freeze="auto" chose and why (or the user's own depth), on a line of its own.
+    setup += f"<br><small>frozen: {html.escape(start.freeze_reason)}</small>"
     for note in notes:
         setup += f"<br><i>{html.escape(note)}</i>"
     best_text = (
@@ -120,7 +124,20 @@ def status_html(
     why = html.escape(end.reason.splitlines()[0] if end.reason else "")
     return (
         f"<b style='color:{color[end.status]}'>{end.status}</b> ({why}) after "
-        f"{format_seconds(end.elapsed_s)}{best_text} · {setup}"
+        f"{format_seconds(end.elapsed_s)}{best_text}{test_html(end)} · {setup}"
+    )
+
+
+def test_html(end: RunEnded) -> str:
+    """The test split's score, once, at the end ("" when the data has none)."""
+    test = end.test
+    if test is None:
+        return ""
+    if test.error is not None:
+        return f" · <b>test split not scored</b>: {html.escape(test.error)}"
+    return (
+        f" · <b>test_acc {test.test_acc:.3f}</b> (test_loss {test.test_loss:.4f}, "
+        f"{test.images} images, epoch {test.epoch}'s weights)"
     )
 
 

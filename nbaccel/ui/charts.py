@@ -21,10 +21,13 @@ from nbaccel.core import (
     Progress,
     RunEnded,
     RunStarted,
+    Savings,
     SavingsUpdated,
 )
 
 MAX_POINTS = 2000  # per trace; older points are thinned beyond this
+# Accuracy always spans 0-100%; every other axis fits its points (see fit_axes).
+ACCURACY_AXIS = dict(range=[0, 1.02], tickformat=".0%", tickmode="linear", dtick=0.2)
 
 # name: (subplot column, on the secondary y axis, style)
 TRACES: dict[str, tuple[int, bool, dict]] = {
@@ -53,6 +56,7 @@ class ChartData:
         }
         self.epochs: Optional[int] = None  # the epoch budget, from RunStarted
         self._last: Optional[Progress] = None  # the previous Progress event
+        self._savings: Optional[Savings] = None  # the latest, for the projection
 
     def add(self, event: Event) -> None:
         if isinstance(event, RunStarted):
@@ -71,7 +75,7 @@ class ChartData:
             self._append("elapsed", event.epoch, event.elapsed_s)
             self._project(event.epoch, event.elapsed_s)
         elif isinstance(event, SavingsUpdated):
-            savings = event.savings
+            savings = self._savings = event.savings
             if savings.baseline_epoch_s > 0:  # the baseline's pace, over the budget
                 budget = float(savings.epochs_budget)
                 self.set_baseline(
@@ -110,9 +114,17 @@ class ChartData:
         return total / (event.step - last.step)
 
     def _project(self, x: float, elapsed_s: float) -> None:
-        """A straight line from now to the end of the epoch budget at the pace so far."""
-        if self.epochs and x > 0 and x < self.epochs:
-            end = elapsed_s / x * self.epochs
+        """A straight line from now to this run's projected end of the epoch budget: the
+        savings' own projection (the one the headline's "projected" saving comes from),
+        or without a baseline, the pace of the epochs so far (none before the first)."""
+        savings = self._savings
+        if savings is not None and not savings.final:
+            end: Optional[float] = savings.actual_s
+        elif savings is None and x >= 1:
+            end = elapsed_s / x * (self.epochs or 0)
+        else:
+            end = None
+        if end is not None and self.epochs and 0 < x < self.epochs:
             self.series["projected"] = ([x, float(self.epochs)], [elapsed_s, end])
         else:
             self.series["projected"] = ([], [])
@@ -139,7 +151,7 @@ def create_figure() -> go.Figure:
         cols=3,
         specs=[[{"secondary_y": True}, {}, {}]],
         subplot_titles=("loss and accuracy", "throughput", "time"),
-        horizontal_spacing=0.11,
+        horizontal_spacing=0.14,  # room for the accuracy axis's title
     )
     for name, (column, secondary, style) in TRACES.items():
         mode = style.get("mode", "lines")
@@ -150,21 +162,20 @@ def create_figure() -> go.Figure:
             figure.add_trace(trace, row=1, col=column, secondary_y=True)
         else:
             figure.add_trace(trace, row=1, col=column)
-    figure.update_xaxes(title_text="epoch")
+    figure.update_xaxes(title_text="epoch", rangemode="tozero")
+    figure.update_yaxes(rangemode="tozero")
     figure.update_yaxes(title_text="loss", row=1, col=1, secondary_y=False)
-    figure.update_yaxes(  # untitled: a title here would collide with the next panel's
-        range=[0, 1.02],
-        tickformat=".0%",
-        tickmode="linear",
-        tick0=0,
-        dtick=0.2,
+    figure.update_yaxes(
+        title_text="val acc",
+        title_standoff=4,
+        **ACCURACY_AXIS,
         showgrid=False,
         row=1,
         col=1,
         secondary_y=True,
     )
     # From zero: a throughput axis cut near its values made noise look dramatic.
-    figure.update_yaxes(title_text="images/s", rangemode="tozero", row=1, col=2)
+    figure.update_yaxes(title_text="images/s", row=1, col=2)
     figure.update_yaxes(title_text="seconds", row=1, col=3)
     figure.update_layout(
         height=330,
@@ -174,10 +185,33 @@ def create_figure() -> go.Figure:
         legend=dict(orientation="h", y=-0.22),
         uirevision="nbaccel",  # keeps the user's zoom across updates
     )
+    fit_axes(figure, lambda name: ([], []))
     return figure
 
 
 Points = Callable[[str], tuple[list[float], list[float]]]  # trace name -> (xs, ys)
+
+
+def fit_axes(figure: go.Figure, points: Points) -> None:
+    """An axis with no points spans 0..1 (Plotly's empty axis spans -1..4, which reads as
+    negative seconds); one with points fits them. Accuracy axes keep their 0-100%. Only
+    changes are set: each one is sent to the view."""
+    filled: dict[str, bool] = {}
+    for trace in figure.data:
+        has_points = bool(points(trace.name)[0])
+        for axis in (
+            "xaxis" + (trace.xaxis or "x")[1:],
+            "yaxis" + (trace.yaxis or "y")[1:],
+        ):
+            filled[axis] = filled.get(axis, False) or has_points
+    for name, has_points in filled.items():
+        axis = figure.layout[name]
+        if axis.tickformat == ACCURACY_AXIS["tickformat"]:
+            continue
+        if has_points and axis.autorange is not True:
+            axis.autorange = True
+        elif not has_points and axis.autorange is not False:
+            axis.update(autorange=False, range=[0, 1])
 
 
 def fill(trace: go.Scatter, points: Points) -> None:
@@ -202,8 +236,9 @@ class NoChart:
     def draw(self, points: Points) -> None:
         pass
 
-    def show(self) -> None:
-        pass
+    def show(self, empty: bool = False) -> None:
+        """Displays the chart below the panel (html backend) or nothing (it is in it);
+        `empty`: a place for it, filled by the first draw (a panel with no run yet)."""
 
 
 class WidgetChart(NoChart):
@@ -218,6 +253,7 @@ class WidgetChart(NoChart):
         with self.widget.batch_update():
             for trace in self.widget.data:
                 fill(trace, points)
+            fit_axes(self.widget, points)
 
 
 class HtmlChart(NoChart):
@@ -229,13 +265,15 @@ class HtmlChart(NoChart):
         self.figure = figure or create_figure()
         self._handle = None
 
-    def show(self) -> None:
-        self._handle = display(self.bundle(), raw=True, display_id=True)
+    def show(self, empty: bool = False) -> None:
+        shown = {"text/plain": ""} if empty else self.bundle()
+        self._handle = display(shown, raw=True, display_id=True)
 
     def draw(self, points: Points) -> None:
         with self.figure.batch_update():
             for trace in self.figure.data:
                 fill(trace, points)
+            fit_axes(self.figure, points)
         if self._handle is not None:
             self._handle.update(self.bundle(), raw=True)
 
@@ -278,9 +316,10 @@ def create_comparison_figure() -> go.Figure:
         autosize=True,
         template="plotly_white",
         title="validation accuracy against wall time",
-        xaxis_title="seconds",
-        yaxis=dict(title="val acc", tickformat=".0%"),
+        xaxis=dict(title="seconds", rangemode="tozero"),
+        yaxis=dict(title="val acc", **ACCURACY_AXIS),
         margin=dict(l=50, r=20, t=50, b=40),
         uirevision="nbaccel",
     )
+    fit_axes(figure, lambda name: ([], []))
     return figure

@@ -39,6 +39,9 @@ PICKED = (
     "image_size",
 )
 WIDE = dict(layout=widgets.Layout(width="460px"), style={"description_width": "110px"})
+# A picker and what goes beside it (a checkbox, a note), on one centred line whose height
+# is the picker's own (an HBox's default clipped the dropdown under its checkbox).
+ROW = widgets.Layout(align_items="center", overflow="visible", min_height="36px")
 
 
 class Controls:
@@ -64,7 +67,7 @@ class Controls:
 
         self.data = widgets.Text(
             description="data",
-            placeholder="a folder with one subfolder per class",
+            placeholder="a folder (a subfolder per class, or train/ val/ test/) or a .csv",
             **WIDE,
         )
         self.set_data(values.get("data"))
@@ -113,6 +116,7 @@ class Controls:
             description="image size",
             **WIDE,
         )
+        self.image_size_info = widgets.HTML()  # what 0 means for this backbone
         for name in PICKED:
             set_tooltip(getattr(self, name), specs[name].help)
         set_tooltip(self.image_size, "pixels; 0 uses the backbone's default")
@@ -125,20 +129,23 @@ class Controls:
         self.backbone_filter.observe(lambda _: self._list_backbones(), "value")
         self.weights_only.observe(lambda _: self._list_backbones(), "value")
         self.backbone.observe(lambda _: self._list_freeze_options(), "value")
+        self.backbone.observe(lambda _: self._describe_image_size(), "value")
+        self.image_size.observe(lambda _: self._describe_image_size(), "value")
+        self._describe_image_size()
         self.freeze.observe(lambda _: self._describe_freeze(), "value")
         self.stop.observe(lambda _: self._check_stop(), "value")
         self.widget = widgets.VBox(
             [
                 self.data,
                 self.backbone_filter,
-                widgets.HBox([self.backbone, self.weights_only]),
+                widgets.HBox([self.backbone, self.weights_only], layout=ROW),
                 self.pretrained,
                 self.freeze,
                 self.freeze_info,
                 self.precision,
-                widgets.HBox([self.stop, self.stop_info]),
+                widgets.HBox([self.stop, self.stop_info], layout=ROW),
                 self.epochs,
-                self.image_size,
+                widgets.HBox([self.image_size, self.image_size_info], layout=ROW),
                 _collapsed(
                     "more options",
                     widgets.GridBox(
@@ -257,6 +264,18 @@ class Controls:
             f"{format_count(option.total_params)} parameters train "
             f"(with a {self.num_classes}-class head)</small>"
         )
+
+    def _describe_image_size(self) -> None:
+        """0 is "auto": say what it becomes for the chosen backbone."""
+        if self.image_size.value:
+            self.image_size_info.value = "px (images are resized to this square)"
+            return
+        try:
+            size = timm.models.get_pretrained_cfg(self.backbone.value).input_size[-1]
+        except Exception:  # noqa: BLE001 - a name without a config: timm's default
+            size = None
+        own = f"{size} px, " if size else ""
+        self.image_size_info.value = f"0 = auto: {own}{self.backbone.value}'s own"
 
     def _check_stop(self) -> None:
         try:

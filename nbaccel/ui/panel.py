@@ -74,6 +74,8 @@ class Panel:
         choices = widgets.Accordion(children=[self.controls.widget])
         choices.set_title(0, "choices")
         choices.selected_index = None if run else 0
+        # The chart joins the panel with its first run (_follow): an idle panel shows
+        # no empty axes, and a figure drawn into view gets the panel's full width.
         self.widget = widgets.VBox(
             [
                 widgets.HBox([self.start_button, self.pause_button, self.stop_button]),
@@ -82,9 +84,8 @@ class Panel:
                 self.savings,
                 self.message,
                 self.error,
+                choices,
             ]
-            + ([self.chart.widget] if self.chart.widget is not None else [])
-            + [choices]
         )
         self.start_button.on_click(lambda _: self.start())
         self.pause_button.on_click(lambda _: self.toggle_pause())
@@ -136,6 +137,10 @@ class Panel:
 
     def _follow(self, run: Run) -> None:
         self._bridge.close()
+        chart = self.chart.widget
+        if chart is not None and chart not in self.widget.children:
+            *above, choices = self.widget.children
+            self.widget.children = (*above, chart, choices)
         self.run = run
         self._reset()
         self._bridge = Bridge({"run": run}, self._update, self._rate)
@@ -237,7 +242,7 @@ class Panel:
 
     def _ipython_display_(self) -> None:
         display(self.widget)
-        self.chart.show()
+        self.chart.show(empty=self.run is None)
 
     def __repr__(self) -> str:
         return f"<nbaccel Panel: {self.run!r}>"
