@@ -9,6 +9,7 @@ from IPython.testing import globalipapp
 import nbaccel
 from nbaccel.core import EpochEnded, Progress, SavingsUpdated
 from nbaccel.ui import panel_for
+from nbaccel.ui._format import format_saved, savings_html
 from nbaccel.ui.charts import (
     MAX_POINTS,
     ChartData,
@@ -39,11 +40,13 @@ def test_series_follow_the_events(finished_run):
         if event is progress[0]:  # mid-run, a projection to the end of the budget
             (x0, x1), (y0, y1) = data.series["projected"]
             assert x1 == 3 and y0 == event.elapsed_s
-            # The savings' own projection: the chart's gap to the baseline's line at
-            # the end is the headline's projected saving.
-            assert savings is not None and y1 == savings.actual_s
+            # The savings' projection: the chart's gap to the baseline's line at the
+            # budget's end is the headline's projected saving at this point.
+            assert savings is not None
+            assert y1 == pytest.approx(event.elapsed_s + (3 - x0) * savings.own_epoch_s)
+            headline = savings_html(savings, event, None)
             baseline_end = data.series["baseline"][1][-1]
-            assert baseline_end - y1 == pytest.approx(savings.saved_s)
+            assert format_saved(baseline_end - y1) + " projected" in headline
     assert data.series["val loss"] == ([1, 2, 3], [e.val_loss for e in epochs])
     assert data.series["val acc"][1] == [e.val_acc for e in epochs]
     # Train loss per window between Progress events, recovered from the running means.

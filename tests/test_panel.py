@@ -188,3 +188,11 @@ def test_panel_for_an_in_memory_run_restarts_with_the_same_data():
     assert again is not None and again is not run
     again.wait(timeout=60)
     assert again.class_names == ("0", "1") and again.config.image_size == 32
+
+
+def test_a_run_slower_than_its_baseline_says_lost_not_zero_saved():
+    from nbaccel.ui._format import format_saved
+
+    assert format_saved(65.2) == "1 min 05 s saved"
+    assert format_saved(-12.4) == "12 s lost"  # not "0 s saved"
+    assert format_saved(-0.2) == "0 s saved"

@@ -190,6 +190,15 @@ class Savings:
         """Seconds saved so far: what the baseline would have taken for `epochs_done`."""
         return epochs_done * self.baseline_epoch_s - elapsed_s
 
+    def projected_at(self, epochs_done: float, elapsed_s: float) -> float:
+        """This run's projected wall time for the budget, from a point within the run:
+        the time so far plus the epochs left at this run's pace (actual_s is the same
+        sum, taken when the savings were derived). The live headline and the chart's
+        projection both use it, so they agree at every point."""
+        if self.final:
+            return self.actual_s
+        return elapsed_s + (self.epochs_budget - epochs_done) * self.own_epoch_s
+
 
 @dataclass(frozen=True)
 class SavingsUpdated:

@@ -26,6 +26,11 @@ def format_seconds(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def format_saved(seconds: float) -> str:
+    """ "12 s saved", or "12 s lost" when the run is slower than the baseline."""
+    return f"{format_seconds(abs(seconds))} {'saved' if seconds >= -0.5 else 'lost'}"
+
+
 def format_count(count: int) -> str:
     if count >= 1e6:
         return f"{count / 1e6:.1f}M"
@@ -46,10 +51,10 @@ def savings_html(
     if savings.final and savings.epochs_run == 0:
         return "time saved: not measured (the run ended before its first epoch)"
     epochs = savings.epochs_compared
-    pace = f"{savings.speedup:.2f}x the baseline's speed"
+    pace = f"{savings.speedup:.2f}x the baseline's speed"  # measured, once final
     if savings.final:
         headline = (
-            f"<b>{format_seconds(savings.saved_s)} saved</b> ({pace}): "
+            f"<b>{format_saved(savings.saved_s)}</b> ({pace}): "
             f"{format_seconds(savings.actual_s)} measured vs "
             f"{format_seconds(savings.baseline_s)} projected for the baseline"
         )
@@ -60,9 +65,12 @@ def savings_html(
             else 0.0
         )
         elapsed = progress.elapsed_s if progress else savings.calibration_s
+        projected = savings.projected_at(done, elapsed)  # the chart's projection too
+        speed = savings.baseline_s / projected if projected > 0 else float("inf")
         headline = (
-            f"<b>{format_seconds(savings.saved_at(done, elapsed))} saved so far</b>, "
-            f"{format_seconds(savings.saved_s)} projected ({pace})"
+            f"<b>{format_saved(savings.saved_at(done, elapsed))} so far</b>, "
+            f"{format_saved(savings.baseline_s - projected)} projected "
+            f"({speed:.2f}x the baseline's speed)"
         )
     headline = f"for the same {epochs} epoch{'s' * (epochs != 1)}: {headline}"
     if best is not None:
@@ -107,10 +115,11 @@ def status_html(
     if used:
         details = html.escape("\n".join(start.speedups), quote=True)
         setup += f" · <span title='{details}'>{html.escape(', '.join(used))}</span>"
-    # What freeze="auto" chose and why (or the user's own depth), on a line of its own.
-    setup += f"<br><small>frozen: {html.escape(start.freeze_reason)}</small>"
-    for note in notes:
-        setup += f"<br><i>{html.escape(note)}</i>"
+    # What freeze="auto" chose and why (or the user's own depth), on a line of its own,
+    # then any change of course.
+    below = f"<br><small>frozen: {html.escape(start.freeze_reason)}</small>" + "".join(
+        f"<br><i>{html.escape(note)}</i>" for note in notes
+    )
     best_text = (
         f" · best epoch {best['epoch']}: val_acc {best['val_acc']:.3f}, "
         f"val_loss {best['val_loss']:.4f}"
@@ -119,12 +128,12 @@ def status_html(
     )
     if end is None:
         word = "stopping at the next step" if stop_requested else status
-        return f"<b>{word}</b> · {setup}{best_text}"
+        return f"<b>{word}</b> · {setup}{best_text}{below}"
     color = {"finished": "#1b7f3b", "stopped": "#8a6d00", "failed": "#b00020"}
     why = html.escape(end.reason.splitlines()[0] if end.reason else "")
     return (
         f"<b style='color:{color[end.status]}'>{end.status}</b> ({why}) after "
-        f"{format_seconds(end.elapsed_s)}{best_text}{test_html(end)} · {setup}"
+        f"{format_seconds(end.elapsed_s)}{best_text}{test_html(end)} · {setup}{below}"
     )
 
 

@@ -115,11 +115,12 @@ class ChartData:
 
     def _project(self, x: float, elapsed_s: float) -> None:
         """A straight line from now to this run's projected end of the epoch budget: the
-        savings' own projection (the one the headline's "projected" saving comes from),
-        or without a baseline, the pace of the epochs so far (none before the first)."""
+        savings' projection (Savings.projected_at, which the headline's "projected" saving
+        uses too), or without a baseline, the pace of the epochs so far (none before the
+        first, whose set-up would inflate it)."""
         savings = self._savings
         if savings is not None and not savings.final:
-            end: Optional[float] = savings.actual_s
+            end: Optional[float] = savings.projected_at(x, elapsed_s)
         elif savings is None and x >= 1:
             end = elapsed_s / x * (self.epochs or 0)
         else:
