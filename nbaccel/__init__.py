@@ -21,6 +21,7 @@ from nbaccel.core import (
     Run,
     RunEnded,
     RunStarted,
+    SavedRun,
     Savings,
     SavingsUpdated,
     TrainConfig,
@@ -32,7 +33,9 @@ from nbaccel.core import (
     list_layer_groups,
     list_options,
     load,
+    load_run,
     parse_stop_rule,
+    runs,
 )
 
 __version__ = "0.1.0"
@@ -65,6 +68,7 @@ __all__ = [
     "Run",
     "RunEnded",
     "RunStarted",
+    "SavedRun",
     "Savings",
     "SavingsUpdated",
     "TrainConfig",
@@ -77,5 +81,7 @@ __all__ = [
     "list_layer_groups",
     "list_options",
     "load",
+    "load_run",
     "parse_stop_rule",
+    "runs",
 ]
