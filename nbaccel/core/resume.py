@@ -156,14 +156,19 @@ def _started(items: list) -> RunStarted:
 def _merged_config(
     config: TrainConfig, checkpoint: Checkpoint, started: RunStarted
 ) -> TrainConfig:
-    """`config` with every option that must not change taken from the saved run. An option
-    left at its default takes the saved value; one given differently is refused."""
+    """`config` with the saved run's choices: an option left at its default takes the
+    saved value; one that must not change (not in MAY_CHANGE), given differently, is
+    refused."""
     saved = checkpoint.meta["plan"]["config"]
     updates, differences = {}, []
     for spec in list_options():
-        if spec.name in MAY_CHANGE:
+        if spec.name in ("checkpoint", "checkpoint_dir", "resume"):
             continue
         given, before = getattr(config, spec.name), saved[spec.name]
+        if spec.name in MAY_CHANGE:  # left out: as the run had it
+            if _same(given, spec.default):
+                updates[spec.name] = before
+            continue
         settled = (
             getattr(started, SETTLED[spec.name]) if spec.name in SETTLED else before
         )

@@ -17,9 +17,6 @@ import torch
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from nbaccel.core.averaging import WeightAverage
-from nbaccel.core.memory import MicroBatches
-
 
 @dataclass
 class TrainingState:
@@ -29,8 +26,8 @@ class TrainingState:
     optimizer: torch.optim.Optimizer
     schedule: CosineLRScheduler
     scaler: torch.amp.GradScaler
-    average: Optional[WeightAverage]
-    micro: MicroBatches
+    average: Optional[Any]  # averaging.WeightAverage (not imported: a shorter chain)
+    micro: Any  # memory.MicroBatches: its count of pieces after running out of memory
     shuffle: torch.Generator  # the training loader's generator: each epoch's order
 
     def capture(self) -> tuple[dict, dict]:
