@@ -191,7 +191,7 @@ drive.mount("/content/drive")"""),
         code("""CHECKPOINTS = Path("/content/drive/MyDrive/nbaccel-runs")
 if not CHECKPOINTS.parent.exists():  # no Drive here: nbaccel's own cache folder
     CHECKPOINTS = None
-run = %fasttrain DATA --backbone resnet18 --pretrained no --image-size 32 --epochs 2 --checkpoint-dir {CHECKPOINTS} --charts html
+run = %fasttrain DATA --backbone resnet18 --pretrained no --image-size 32 --epochs 1 --checkpoint-dir {CHECKPOINTS} --charts html
 run.wait()
 nbaccel.runs(CHECKPOINTS)[:3]"""),
         md("""In a new session, mount Drive again, run the cells up to `DATA`, and go on where the run
@@ -200,7 +200,7 @@ uninterrupted run would have had. `--epochs` and `--stop` may change (here: one 
 every other choice comes from the checkpoint. `--resume latest` picks the newest run of the
 same data and backbone; `nbaccel.load_run(path)` looks at a saved run without training."""),
         code("""latest = nbaccel.runs(CHECKPOINTS)[0]
-run = %fasttrain DATA --resume {latest.path} --epochs 3 --charts html
+run = %fasttrain DATA --resume {latest.path} --epochs 2 --charts html
 run.wait()
 [row["epoch"] for row in run.history]"""),
     ],

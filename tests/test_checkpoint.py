@@ -282,3 +282,31 @@ def test_resume_refuses_other_choices_and_other_data(saved, tiny_folder, digits_
     run = nbaccel.core.prepare_run(config)  # resume=True: the latest run, not started
     assert run._plan.resumed.checkpoint.directory == saved
     assert run.history == read_checkpoint(saved).meta["history"]
+
+
+def test_a_run_on_cached_features_resumes_exactly(tiny_folder, tmp_path):
+    """(#14) The frozen-feature cache is refilled from the checkpoint's weights: a head-only
+    run stopped after epoch 1 and resumed ends as one never stopped."""
+    head_only = dict(TINY, freeze="all", epochs=2)
+    whole = nbaccel.fasttrain(
+        tiny_folder, stop="none", checkpoint=False, background=False, **head_only
+    )
+    assert "feature cache: on" in " ".join(whole.events[0].speedups)
+    nbaccel.fasttrain(
+        tiny_folder,
+        stop="epochs:1",
+        checkpoint_dir=tmp_path,
+        background=False,
+        **head_only,
+    )
+    (path,) = tmp_path.iterdir()
+    resumed = nbaccel.fasttrain(
+        tiny_folder, resume=path, stop="none", background=False, **TINY
+    )
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+    assert resumed.history[1]["val_loss"] == pytest.approx(
+        whole.history[1]["val_loss"], rel=1e-5
+    )
+    expected = whole.model.state_dict()
+    for name, value in resumed.model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5)

@@ -73,6 +73,10 @@ def prepare_plan(config: TrainConfig, resumed: Optional[Resumed] = None) -> Plan
         )
     pretrained = is_pretrained(config.pretrained)
     head_init = init_head(model, config.head_init, pretrained, len(train.class_names))
+    if (
+        resumed is not None
+    ):  # now: the feature cache and the warm-ups read these weights
+        resumed.load_weights(model)
     groups = list_layer_groups(model)
     depth, reason = resolve_freeze_depth(config.freeze, groups, pretrained)
     apply_freeze(model, groups, depth)

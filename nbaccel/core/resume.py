@@ -65,6 +65,20 @@ class Resumed:
     def meta(self) -> dict:
         return self.checkpoint.meta
 
+    def load_weights(self, model: Any) -> None:
+        """The checkpoint's weights into a freshly created model.
+
+        Raises:
+            ValueError: they do not fit it (another model under the same name).
+        """
+        try:
+            model.load_state_dict(self.tensors["model"])
+        except RuntimeError as error:
+            raise ValueError(
+                f"cannot resume {str(self.checkpoint.directory)!r}: its weights do not "
+                f"fit this {self.meta['plan']['config']['backbone']} ({error})"
+            ) from None
+
     @property
     def history(self) -> list[dict]:
         return [dict(row) for row in self.meta["history"]]
