@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the names below load on first use (PEP 562): see __getattr_
         Run,
         RunEnded,
         RunStarted,
+        SavedRun,
         Savings,
         SavingsUpdated,
         TrainConfig,
@@ -38,7 +39,9 @@ if TYPE_CHECKING:  # the names below load on first use (PEP 562): see __getattr_
         list_layer_groups,
         list_options,
         load,
+        load_run,
         parse_stop_rule,
+        runs,
     )
 
 __version__ = "0.1.0"
@@ -97,6 +100,7 @@ __all__ = [
     "Run",
     "RunEnded",
     "RunStarted",
+    "SavedRun",
     "Savings",
     "SavingsUpdated",
     "TrainConfig",
@@ -109,5 +113,7 @@ __all__ = [
     "list_layer_groups",
     "list_options",
     "load",
+    "load_run",
     "parse_stop_rule",
+    "runs",
 ]

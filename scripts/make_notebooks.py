@@ -175,5 +175,31 @@ small input size:"""),
     run = %fasttrain DATA --backbone resnet18 --pretrained no --image-size 32 --epochs 2 --charts html"""),
         code("""run.wait()
 run.history[-1]"""),
+        md("""## Runs that survive the session
+
+Colab and Kaggle end sessions without asking (idle time-outs, usage limits, a kernel out of
+memory). Every run saves a checkpoint after each epoch (written atomically: the last and the
+best weights, the optimizer, the schedule, the stopping state, the RNGs and the history). By
+default it goes under `~/.cache/nbaccel/runs`, which dies with the session, so on Colab point
+`--checkpoint-dir` at Google Drive:"""),
+        code("""# NBVAL_SKIP
+# (skipped in the project's tests: Colab only)
+from google.colab import drive
+drive.mount("/content/drive")"""),
+        code("""CHECKPOINTS = Path("/content/drive/MyDrive/nbaccel-runs")
+if not CHECKPOINTS.parent.exists():  # no Drive here: nbaccel's own cache folder
+    CHECKPOINTS = None
+run = %fasttrain DATA --backbone resnet18 --pretrained no --image-size 32 --epochs 1 --checkpoint-dir {CHECKPOINTS} --charts html
+run.wait()
+nbaccel.runs(CHECKPOINTS)[:3]"""),
+        md("""In a new session, mount Drive again, run the cells up to `DATA`, and go on where the run
+stopped: the same history, stopping state and RNGs, so it ends with the weights an
+uninterrupted run would have had. `--epochs` and `--stop` may change (here: one epoch more);
+every other choice comes from the checkpoint. `--resume latest` picks the newest run of the
+same data and backbone; `nbaccel.load_run(path)` looks at a saved run without training."""),
+        code("""latest = nbaccel.runs(CHECKPOINTS)[0]
+run = %fasttrain DATA --resume {latest.path} --epochs 2 --charts html
+run.wait()
+[row["epoch"] for row in run.history]"""),
     ],
 )

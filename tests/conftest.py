@@ -3,6 +3,7 @@ by pretraining on digits 0-4 (standing in for hub weights, which cannot be downl
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -15,6 +16,19 @@ import nbaccel
 # bf16 against fp32 on every run, and a timing can flip between two runs that a test
 # compares number for number.
 SMALL = dict(backbone="test_resnet", image_size=32, precision="fp32")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkpoint_home(tmp_path_factory: pytest.TempPathFactory):
+    """Runs save their checkpoints (on by default, #14) under a temporary
+    $NBACCEL_CACHE, never in the user's ~/.cache."""
+    before = os.environ.get("NBACCEL_CACHE")
+    os.environ["NBACCEL_CACHE"] = str(tmp_path_factory.mktemp("nbaccel-home"))
+    yield Path(os.environ["NBACCEL_CACHE"])
+    if before is None:
+        del os.environ["NBACCEL_CACHE"]
+    else:
+        os.environ["NBACCEL_CACHE"] = before
 
 
 @pytest.fixture(scope="session")

@@ -107,6 +107,8 @@ def test_data_from_a_variable_in_the_namespace(ip, shown):
     [
         ("--precision fp8", dict(precision="fp8")),
         ("--stop patience:x", dict(stop="patience:x")),
+        ("--stop target:val_acc>=1.5", dict(stop="target:val_acc>=1.5")),  # (#14)
+        ("--stop time:-5s", dict(stop="time:-5s")),
         ("--epochs many", dict(epochs="many")),
         ("--freeze 9", dict(freeze=9)),
         ("--backbone resnet_18", dict(backbone="resnet_18")),

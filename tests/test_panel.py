@@ -80,6 +80,7 @@ def test_start_button_trains_with_the_chosen_settings(digits_high):
     [
         (dict(data="missing-folder"), dict(data="missing-folder")),
         (dict(stop="patience:0"), dict(stop="patience:0")),
+        (dict(stop="target:val_acc>=1.5"), dict(stop="target:val_acc>=1.5")),  # (#14)
         (
             dict(pretrained="no-such-weights.pth"),
             dict(pretrained="no-such-weights.pth"),

@@ -87,3 +87,21 @@ def test_a_bad_term_is_a_value_error_naming_it(text, bad):
 def test_an_empty_rule_is_refused():
     with pytest.raises(ValueError, match="non-empty"):
         parse_stop_rule("  ")
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("target:val_acc>=1.5", "can never be met: an accuracy lies between 0 and 1"),
+        ("target:val_acc>1", "can never be met: an accuracy lies between 0 and 1"),
+        ("patience:3 | target:val_loss<0", "can never be met: a loss is >= 0"),
+        ("time:-5s", "duration must be > 0, got -5"),
+        ("time:0m", "duration must be > 0, got 0"),
+    ],
+)
+def test_an_impossible_rule_is_refused_with_the_reason(text, why):
+    """(#14) A rule that can never fire is refused up front, saying why."""
+    with pytest.raises(ValueError, match="bad stop rule term") as info:
+        parse_stop_rule(text)
+    assert why in str(info.value)
+    assert parse_stop_rule("target:val_acc>=1").rules  # reachable: kept

@@ -13,11 +13,14 @@ from nbaccel.core.events import RunEnded as RunEnded
 from nbaccel.core.events import RunStarted as RunStarted
 from nbaccel.core.events import Savings as Savings
 from nbaccel.core.events import SavingsUpdated as SavingsUpdated
+from nbaccel.core.load_run import load_run as load_run
 from nbaccel.core.model import FreezeOption as FreezeOption
 from nbaccel.core.model import LayerGroup as LayerGroup
 from nbaccel.core.model import list_freeze_options as list_freeze_options
 from nbaccel.core.model import list_layer_groups as list_layer_groups
 from nbaccel.core.predict import Predictions as Predictions
+from nbaccel.core.resume import SavedRun as SavedRun
+from nbaccel.core.resume import runs as runs
 from nbaccel.core.run import Run as Run
 from nbaccel.core.run import TrainingFailed as TrainingFailed
 from nbaccel.core.run import current_run as current_run
@@ -41,6 +44,7 @@ __all__ = [
     "Run",
     "RunEnded",
     "RunStarted",
+    "SavedRun",
     "Savings",
     "SavingsUpdated",
     "TrainConfig",
@@ -52,8 +56,10 @@ __all__ = [
     "list_layer_groups",
     "list_options",
     "load",
+    "load_run",
     "parse_stop_rule",
     "prepare_comparison",
     "prepare_run",
+    "runs",
     "start_run",
 ]

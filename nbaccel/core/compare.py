@@ -270,6 +270,11 @@ def prepare_comparison(
             "compare() checks the accelerated run's projection of the baseline, so it "
             "always measures it: leave baseline= out"
         )
+    if options.get("resume") not in (None, False):
+        raise ValueError(
+            "compare() trains both runs from the start: leave resume= out (resume the "
+            "accelerated run with fasttrain(data, resume=...))"
+        )
     config = TrainConfig(data=data, **options)
     accelerated = prepare_plan(config)
     baseline = dataclasses.replace(
@@ -291,6 +296,7 @@ def prepare_comparison(
         compile=False,
         channels_last=False,
         fused=False,
+        checkpoint=False,  # a yardstick, not a run to go on with
     )
     return Comparison(
         Run(config, accelerated), Run(baseline, prepare_plan(baseline)), target

@@ -171,6 +171,41 @@ def _stop(name: str, value: Any) -> Optional[str]:
     return None
 
 
+def _checkpoint(name: str, value: Any) -> Optional[str]:
+    if value is True or value is False:
+        return None
+    return f"checkpoint must be True or False, got {value!r}"
+
+
+def _checkpoint_dir(name: str, value: Any) -> Optional[str]:
+    if value is None or (isinstance(value, (str, os.PathLike)) and str(value)):
+        return None
+    return f"checkpoint_dir must be None (the default) or a folder path, got {value!r}"
+
+
+def _resume(name: str, value: Any) -> Optional[str]:
+    if value is None or value is True or isinstance(value, (str, os.PathLike)):
+        return None
+    return (
+        "resume must be None, True (the latest run of the same data and backbone) or "
+        f"a run directory from nbaccel.runs(), got {value!r}"
+    )
+
+
+def parse_path(text: Any) -> Any:
+    """ "" or "none" -> None; anything else is a path (~ expanded)."""
+    value = str(text).strip()
+    return None if value.lower() in ("", "none") else os.path.expanduser(value)
+
+
+def parse_resume(text: Any) -> Any:
+    """ "yes"/"latest" -> True (the latest run), "no"/"none" -> None, else a path."""
+    value = str(text).strip()
+    if value.lower() in ("yes", "true", "on", "latest"):
+        return True
+    return None if value.lower() in ("no", "false", "off") else parse_path(value)
+
+
 def _optional_int(text: str) -> Any:
     return (
         None if str(text).strip().lower() in ("", "none", "0") else parse_number(text)
@@ -301,6 +336,28 @@ class TrainConfig:
         "DataLoader worker processes, or 'auto' (0 where loading in the training "
         "thread is faster)",
         whole(0, auto=True),
+    )
+    checkpoint: bool = option(
+        True,
+        "save the run after each epoch (atomically, the last and the best) so that "
+        "resume= can continue it after a lost kernel; False turns it off",
+        _checkpoint,
+        choices=(True, False),
+        parse=parse_switch,
+    )
+    checkpoint_dir: Optional[str] = option(
+        None,
+        "where run directories go: None is $NBACCEL_CACHE/runs or ~/.cache/nbaccel/runs; "
+        "on Colab a Drive folder outlives the session",
+        _checkpoint_dir,
+        parse=parse_path,
+    )
+    resume: Union[bool, str, None] = option(
+        None,
+        "continue a saved run: its directory (nbaccel.runs()), or True for the latest "
+        "run of the same data and backbone; epochs and stop may change",
+        _resume,
+        parse=parse_resume,
     )
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ class Control:
         self._running.set()
         self._started = time.perf_counter()
         self._paused_s = 0.0
+        self._already_s = 0.0
 
     @property
     def paused(self) -> bool:
@@ -37,11 +38,13 @@ class Control:
         self.stop_requested.set()
         self._running.set()  # wakes a paused loop so that it can end
 
-    def start_clock(self) -> None:
+    def start_clock(self, already_s: float = 0.0) -> None:
+        """Starts the run's clock at `already_s` (a resumed run's time so far)."""
         self._started, self._paused_s = time.perf_counter(), 0.0
+        self._already_s = already_s
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self._started - self._paused_s
+        return self._already_s + time.perf_counter() - self._started - self._paused_s
 
     def should_stop(self) -> bool:
         """Called between steps: blocks while paused, then says whether to stop."""

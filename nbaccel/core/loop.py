@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from nbaccel.core.auto_precision import decide_cpu_precision
 from nbaccel.core.averaging import WeightAverage, ema_decay
 from nbaccel.core.calibration import calibrate
+from nbaccel.core.checkpoint import Checkpointer
 from nbaccel.core.compiling import (
     compile_model,
     compile_seconds,
@@ -55,9 +56,11 @@ from nbaccel.core.model import (
 from nbaccel.core.optimizer import create_optimizer, create_schedule
 from nbaccel.core.plan import Plan
 from nbaccel.core.precision import autocast, create_grad_scaler
+from nbaccel.core.resume import Resumed
 from nbaccel.core.steps import eval_step, forward_backward, optimizer_step
 from nbaccel.core.stopping import is_better
 from nbaccel.core.timing import now, release
+from nbaccel.core.training_state import TrainingState
 
 logger = logging.getLogger(__name__)
 
@@ -79,13 +82,19 @@ class Trainee:
 
 
 def run_training(
-    plan: Plan, emit: Emit, control: Control
+    plan: Plan, emit: Emit, control: Control, checkpoints: Optional[Checkpointer] = None
 ) -> tuple[str, str, Optional[int]]:
-    """Trains `plan.model` in place. Returns (status, reason, best epoch or None)."""
+    """Trains `plan.model` in place, saving a checkpoint after each epoch when given
+    `checkpoints`, or goes on from `plan.resumed`. Returns (status, reason, best epoch or
+    None)."""
     # 1. Set up on this thread: seed, the model on its device in its layout, the batch
-    # size that fits, the loaders, and whether compiling pays at that batch size.
+    # size that fits, the loaders, and whether compiling pays at that batch size. A
+    # resumed run's clock goes on from its checkpoint's.
+    resumed: Optional[Resumed] = plan.resumed
     seed_everything(plan.seed)
-    control.start_clock()
+    control.start_clock(resumed.meta["elapsed_s"] if resumed else 0.0)
+    if checkpoints is not None:
+        emit = checkpoints.record(emit)
     model = place_model(plan.model, plan.device, plan.channels_last.value)
     plan, timed = settle_on_device(plan, model)
     loaders = create_loaders(
@@ -100,12 +109,20 @@ def run_training(
     wanted = decide_compile(plan.compile, plan.device, steps, plan.feature_cache.value)
     strict = plan.compile is True
     with compile_slot(wanted, strict) as compiled, tuned_kernels(plan.device):
-        emit(RunStarted(**describe_start(plan, compiled, *loaders)))
-        # 2. Time the baseline's steps and this run's; compile; cache the frozen
-        # features. All of it counts in elapsed. Then seed again: none of it may
-        # change the run.
+        if resumed is None:
+            emit(RunStarted(**describe_start(plan, compiled, *loaders)))
+        else:  # its RunStarted and epochs so far were published again (Run.__init__)
+            note = f"resumed after epoch {resumed.checkpoint.epoch} from {resumed.checkpoint.directory}"
+            emit(Progress(0, 0, 0, math.nan, 0.0, control.elapsed(), note=note))
+        # 2. Time the baseline's steps and this run's (a resumed run has them); compile;
+        # cache the frozen features. All of it counts in elapsed. Then seed again: none
+        # of it may change the run.
         norm_sample = batch_norm_sample(plan, model)
-        calibration = measure_baseline(plan, model, loaders, control, timed)
+        calibration = (
+            resumed.calibration
+            if resumed
+            else measure_baseline(plan, model, loaders, control, timed)
+        )
         compiled_before = compile_seconds()
         trainee = None
         if not control.stop_requested.is_set():
@@ -113,7 +130,7 @@ def run_training(
         if trainee is None:  # a stop came during the set-up
             restore_layout(model).eval()
             return "stopped", "user", None
-        if calibration is not None:
+        if calibration is not None and resumed is None:
             emit(Measured(calibration, trainee.acceleration, control.elapsed()))
         seed_everything(plan.seed)
         optimizer = create_optimizer(
@@ -127,9 +144,16 @@ def run_training(
             if plan.ema
             else None
         )
+        state = TrainingState(
+            model, optimizer, schedule, scaler, average, micro, loaders[0].generator
+        )
         history: list[dict] = []
         best_state, best_epoch, reason = None, None, "epochs"
-        for epoch in range(1, plan.epochs + 1):
+        if resumed is not None:  # every state and RNG as it was after its last epoch
+            state.restore(resumed.tensors, resumed.meta)
+            history, best_epoch = resumed.history, resumed.meta["best_epoch"]
+            best_state = resumed.best
+        for epoch in range(len(history) + 1, plan.epochs + 1):
             # 3. Train one epoch, then 4. evaluate on the held-out images. Stop
             # requests, the time budget and NaN are checked between steps.
             started = time.perf_counter()
@@ -179,6 +203,13 @@ def run_training(
             if average is not None:  # the trained weights back, to train on
                 average.swap()
             emit(EpochEnded(**row, is_best=is_best))
+            if checkpoints is not None:  # what is needed to go on from here
+                new_best = best_state if is_best else None
+                note = save_checkpoint(
+                    checkpoints, state, history, best_epoch, new_best
+                )
+                if note:
+                    emit(replace(last, elapsed_s=control.elapsed(), note=note))
             # 6. Ask the stopping rules; the epoch budget ends the loop by itself.
             fired = plan.stop_rule.check(history, control.elapsed())
             if fired:
@@ -199,6 +230,33 @@ def run_training(
         model.load_state_dict(best_state)
     restore_layout(model).eval()
     return ("stopped" if reason == "user" else "finished"), reason, best_epoch
+
+
+def save_checkpoint(
+    checkpoints: Checkpointer,
+    state: TrainingState,
+    history: list[dict],
+    best_epoch: Optional[int],
+    new_best: Optional[dict],
+) -> Optional[str]:
+    """Writes the checkpoint after the epoch just ended. A failed write (a full disk)
+    leaves the previous checkpoint as it was and becomes a note; training goes on."""
+    epoch = len(history)
+    tensors, plain = state.capture()
+    extra = dict(
+        history=history, best_epoch=best_epoch, elapsed_s=history[-1]["elapsed_s"]
+    )
+    try:
+        checkpoints.save(epoch, tensors, new_best, dict(plain, **extra))
+    except OSError as error:
+        logger.warning("checkpoint after epoch %d not written: %s", epoch, error)
+        kept = checkpoints.meta.get("epoch")
+        after = f"the one after epoch {kept} is kept" if kept else "none is kept yet"
+        return (
+            f"checkpoint after epoch {epoch} not written ({error.strerror or error}); "
+            f"{after}; training goes on"
+        )
+    return None
 
 
 NORM_SAMPLE_IMAGES = 256  # training images that re-estimate BatchNorm before evaluating

@@ -9,7 +9,8 @@ is the loop's own state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from pathlib import Path
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -60,6 +61,11 @@ class Plan:
     workers: Decision
     channels_last: Decision
     fused: Decision
+    # Checkpoints: the run directory (None: checkpoint=False), what its metadata says of
+    # the plan (options, data, data config), and the checkpoint resumed from (resume.py).
+    run_directory: Optional[Path] = None
+    checkpoint_meta: Optional[dict] = None
+    resumed: Any = None
 
     @property
     def precision(self) -> str:

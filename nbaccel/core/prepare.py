@@ -4,9 +4,19 @@ itself before any thread starts."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import torch
+from torch import nn
 
 from nbaccel.core.auto_precision import plan_precision
+from nbaccel.core.checkpoint import (
+    check_writable,
+    checkpoint_bytes,
+    default_checkpoint_dir,
+    new_run_directory,
+)
 from nbaccel.core.compiling import check_compile
 from nbaccel.core.config import TrainConfig
 from nbaccel.core.features import decide_feature_cache
@@ -31,11 +41,18 @@ from nbaccel.core.model import (
 from nbaccel.core.optimizer import decide_fused, resolve_learning_rates
 from nbaccel.core.plan import Plan
 from nbaccel.core.precision import resolve_device
+from nbaccel.core.resume import (
+    Resumed,
+    check_same_data,
+    data_fingerprint,
+    plain_config,
+)
 from nbaccel.core.splits import resolve_sources
 
 
-def prepare_plan(config: TrainConfig) -> Plan:
-    """Resolves `config` into a Plan.
+def prepare_plan(config: TrainConfig, resumed: Optional[Resumed] = None) -> Plan:
+    """Resolves `config` into a Plan; `resumed`: the checkpoint it goes on from (its
+    options already merged into `config` by resume.open_resume).
 
     Raises:
         ValueError: a choice that does not fit the data, the model or this machine.
@@ -45,13 +62,22 @@ def prepare_plan(config: TrainConfig) -> Plan:
     check_compile(config.compile, device)
     sources = resolve_sources(config.data, config.val, config.seed)
     train, val = sources.train, sources.val
+    fingerprint = data_fingerprint(config.data, train, val)
+    if resumed is not None:
+        check_same_data(resumed, fingerprint)
     with torch.random.fork_rng(devices=[]):  # a seeded head; the user's RNG untouched
         torch.manual_seed(config.seed)
-        model = create_backbone(
-            config.backbone, config.pretrained, len(train.class_names)
+        model = create_backbone(  # resumed: the checkpoint has the weights
+            config.backbone,
+            False if resumed else config.pretrained,
+            len(train.class_names),
         )
     pretrained = is_pretrained(config.pretrained)
     head_init = init_head(model, config.head_init, pretrained, len(train.class_names))
+    if (
+        resumed is not None
+    ):  # now: the feature cache and the warm-ups read these weights
+        resumed.load_weights(model)
     groups = list_layer_groups(model)
     depth, reason = resolve_freeze_depth(config.freeze, groups, pretrained)
     apply_freeze(model, groups, depth)
@@ -78,7 +104,13 @@ def prepare_plan(config: TrainConfig) -> Plan:
     head_lr, backbone_lr = resolve_learning_rates(
         config.lr, pretrained, backbone_trains=not frozen_all
     )
+    run_directory = plan_run_directory(config, model, resumed)
     return Plan(
+        run_directory=run_directory,
+        checkpoint_meta=dict(
+            config=plain_config(config), data=fingerprint, data_config=data_config
+        ),
+        resumed=resumed,
         backbone=config.backbone,
         weights=describe_weights(config.pretrained),
         device=device,
@@ -114,3 +146,26 @@ def prepare_plan(config: TrainConfig) -> Plan:
         ),
         fused=decide_fused(config.fused, device),
     )
+
+
+def plan_run_directory(
+    config: TrainConfig, model: nn.Module, resumed: Optional[Resumed]
+) -> Optional[Path]:
+    """Where this run's checkpoints go (a resumed run goes on in its own directory), once
+    that place is known to take them; None with checkpoint=False.
+
+    Raises:
+        ValueError: the directory cannot be written, or lacks the space.
+    """
+    if not config.checkpoint:
+        return None
+    if resumed is not None:
+        directory = resumed.checkpoint.directory
+        root = directory
+    else:
+        root = Path(config.checkpoint_dir or default_checkpoint_dir()).expanduser()
+        data = config.data
+        tag = Path(data).name if isinstance(data, (str, Path)) else type(data).__name__
+        directory = new_run_directory(root, config.backbone, tag)
+    check_writable(root, checkpoint_bytes(model, config.ema is not False))
+    return directory

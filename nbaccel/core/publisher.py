@@ -59,6 +59,19 @@ class Publisher(threading.Thread):
 
         return unsubscribe
 
+    def replay(self, items: list) -> None:
+        """Publishes a saved run's events (and Measured records) before this thread
+        starts, as they were published then: the same history, best epoch and savings.
+        A RunEnded among them ends the run (nbaccel.load_run)."""
+        for item in items:
+            if isinstance(item, RunEnded):
+                self._publish(self._derived(self._tracker.before_end, item))
+                self._publish(item)
+                self.done.set()
+                return
+            self._publish(item)
+            self._publish(self._derived(self._tracker.after, item))
+
     def run(self) -> None:
         try:
             while True:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
+from nbaccel.core.checkpoint import open_checkpointer
 from nbaccel.core.config import TrainConfig
 from nbaccel.core.control import Control, interrupt_stops
 from nbaccel.core.decision import Decision
@@ -71,13 +72,45 @@ class Run:
     """A training run in a background thread. Start it with `nbaccel.fasttrain()`."""
 
     def __init__(self, config: TrainConfig, plan: Plan) -> None:
-        self.config = config
-        self.class_names: tuple[str, ...] = plan.class_names
-        self.data_config: dict = plan.data_config
+        self._set_up(
+            config, plan.model, plan.class_names, plan.data_config, plan.device
+        )
         self._plan: Optional[Plan] = plan
-        self._model: Optional[nn.Module] = plan.model
-        self._device = plan.device
         self._precision = plan.precision
+        if plan.resumed is not None:  # the epochs so far, as they were published
+            self._publisher.replay(list(plan.resumed.items))
+
+    @classmethod
+    def _saved(
+        cls,
+        config: TrainConfig,
+        model: nn.Module,
+        class_names: tuple[str, ...],
+        data_config: dict,
+        device: str,
+        items: list,
+    ) -> Run:
+        """An ended run read back from its checkpoint (nbaccel.load_run)."""
+        run = cls.__new__(cls)
+        run._set_up(config, model, class_names, data_config, torch.device(device))
+        run._plan, run._started = None, True
+        run._precision = "fp32"
+        run._publisher.replay(items)
+        return run
+
+    def _set_up(
+        self,
+        config: TrainConfig,
+        model: Optional[nn.Module],
+        class_names: tuple[str, ...],
+        data_config: dict,
+        device: torch.device,
+    ) -> None:
+        self.config = config
+        self.class_names = class_names
+        self.data_config = data_config
+        self._model = model
+        self._device = device
         self._control = Control()
         self._publisher = Publisher()
         self._lock = threading.Lock()  # start() once
@@ -326,10 +359,11 @@ class Run:
     def _train(self) -> None:
         plan, self._plan = self._plan, None  # the thread holds the only reference
         assert plan is not None
+        checkpoints = open_checkpointer(plan)
         try:
             with torch.enable_grad():
                 status, reason, best_epoch = run_training(
-                    plan, self._publisher.queue.put, self._control
+                    plan, self._publisher.queue.put, self._control, checkpoints
                 )
             test = None
             if plan.test is not None and best_epoch:  # finished, or stopped
@@ -359,4 +393,9 @@ class Run:
         except Exception:  # noqa: BLE001 - a sticky CUDA error; the run must still end
             logger.exception("nbaccel could not give the memory back after the run")
         finally:
+            if checkpoints is not None:  # how it ended, for load_run() and runs()
+                try:
+                    checkpoints.end(ended)
+                except Exception:  # noqa: BLE001 - a full disk must not hide the end
+                    logger.exception("nbaccel could not record the run's end")
             self._publisher.queue.put(ended)

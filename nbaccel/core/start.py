@@ -11,6 +11,7 @@ from nbaccel.core.config import (
     signature_with_options,
 )
 from nbaccel.core.prepare import prepare_plan
+from nbaccel.core.resume import open_resume
 from nbaccel.core.run import Run
 
 
@@ -44,7 +45,8 @@ fasttrain.__doc__ = (fasttrain.__doc__ or "").replace(
 def prepare_run(config: TrainConfig) -> Run:
     """A Run for `config`, checked and prepared but not started: a panel can subscribe to
     it and be drawn before training competes with the notebook for the CPU."""
-    return Run(config, prepare_plan(config))
+    config, resumed = open_resume(config)
+    return Run(config, prepare_plan(config, resumed))
 
 
 def start_run(config: TrainConfig, background: bool = True) -> Run:

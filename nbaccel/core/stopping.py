@@ -164,9 +164,9 @@ def _parse_term(term: str) -> Rule:
         if not match:
             raise ValueError("expected METRIC>=VALUE, e.g. target:val_acc>=0.95")
         metric, op, value = match.groups()
-        return Target(_check_metric(metric), op, _number(value, "target value"))
+        return _possible(Target(_check_metric(metric), op, _number(value, "target")))
     if kind == "time":
-        match = re.fullmatch(r"([0-9.]+)\s*([smh]?)", rest.lower())
+        match = re.fullmatch(r"([-+]?[0-9.]+)\s*([smh]?)", rest.lower())
         if not match:
             raise ValueError("expected a duration like 90s, 10m or 1h")
         seconds = (
@@ -197,6 +197,22 @@ def _parse_patience(rest: str) -> Patience:
     return Patience(**settings)
 
 
+def _possible(target: Target) -> Target:
+    """Refuses a target no epoch can meet: accuracies lie in [0, 1], losses are >= 0."""
+    low, high = (0.0, 1.0) if target.metric.endswith("acc") else (0.0, math.inf)
+    value, op = target.value, target.op
+    never = (
+        (op == ">=" and value > high)
+        or (op == ">" and value >= high)
+        or (op == "<=" and value < low)
+        or (op == "<" and value <= low)
+    )
+    if never:
+        what = "an accuracy lies between 0 and 1" if high == 1.0 else "a loss is >= 0"
+        raise ValueError(f"{target.metric}{op}{value:g} can never be met: {what}")
+    return target
+
+
 def _check_metric(name: str) -> str:
     if name not in METRICS:
         raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}")
@@ -215,7 +231,7 @@ def _number(text: str, what: str) -> float:
 
 def _positive(value: float, what: str) -> float:
     if value <= 0:
-        raise ValueError(f"{what} must be > 0")
+        raise ValueError(f"{what} must be > 0, got {value:g}")
     return value
 
 
