@@ -310,3 +310,35 @@ def test_a_run_on_cached_features_resumes_exactly(tiny_folder, tmp_path):
     expected = whole.model.state_dict()
     for name, value in resumed.model.state_dict().items():
         torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5)
+
+
+def test_the_cache_keeps_the_newest_runs_and_a_chosen_directory_keeps_all(
+    tiny_folder, tmp_path, monkeypatch
+):
+    def fake_runs(root: Path, count: int) -> list[Path]:
+        made = []
+        for i in range(count):
+            (root / f"old-{i:02d}").mkdir(parents=True)
+            (root / f"old-{i:02d}" / "checkpoint.json").write_text("{}")
+            os.utime(root / f"old-{i:02d}" / "checkpoint.json", (1e9 + i, 1e9 + i))
+            made.append(root / f"old-{i:02d}")
+        return made
+
+    monkeypatch.setenv("NBACCEL_CACHE", str(tmp_path / "cache"))
+    cache = checkpoint.default_checkpoint_dir()
+    old = fake_runs(cache, 12)
+    (cache / "notes").mkdir()  # not a run directory: never touched
+    run = nbaccel.fasttrain(tiny_folder, epochs=1, background=False, **TINY)
+    kept = sorted(p for p in cache.iterdir() if (p / "checkpoint.json").is_file())
+    assert len(kept) == checkpoint.KEEP_RUNS
+    assert set(old[-(checkpoint.KEEP_RUNS - 1) :]) < set(kept)  # the newest old ones
+    assert run.status == "finished" and (cache / "notes").is_dir()
+    mine = fake_runs(tmp_path / "mine", 12)
+    nbaccel.fasttrain(
+        tiny_folder,
+        epochs=1,
+        background=False,
+        checkpoint_dir=tmp_path / "mine",
+        **TINY,
+    )
+    assert all(p.is_dir() for p in mine)

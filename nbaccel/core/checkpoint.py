@@ -44,6 +44,25 @@ def default_checkpoint_dir() -> Path:
     return Path(root).expanduser() / "runs"
 
 
+KEEP_RUNS = 10  # run directories the default checkpoint directory keeps
+
+
+def prune_runs(root: Path, keep: int = KEEP_RUNS) -> list[Path]:
+    """Makes room for one more run in the default checkpoint directory: removes all but
+    the `keep` - 1 runs whose last checkpoint is newest, so the cache holds at most `keep`
+    runs (a resnet18 run's directory is ~430 MB). Only nbaccel's own run directories
+    (those with a checkpoint.json) are touched. Returns the ones removed."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if (p / META).is_file()]
+    found.sort(key=lambda p: (p / META).stat().st_mtime)
+    removed = found[: max(0, len(found) - (keep - 1))]
+    for old in removed:
+        shutil.rmtree(old, ignore_errors=True)
+        logger.info("removed the old run %s (the cache keeps %d runs)", old, keep)
+    return removed
+
+
 def new_run_directory(root: Path, backbone: str, data_tag: str) -> Path:
     """A fresh, unique run directory name under `root` (created at the first write)."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

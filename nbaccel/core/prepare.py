@@ -16,6 +16,7 @@ from nbaccel.core.checkpoint import (
     checkpoint_bytes,
     default_checkpoint_dir,
     new_run_directory,
+    prune_runs,
 )
 from nbaccel.core.compiling import check_compile
 from nbaccel.core.config import TrainConfig
@@ -164,6 +165,8 @@ def plan_run_directory(
         root = directory
     else:
         root = Path(config.checkpoint_dir or default_checkpoint_dir()).expanduser()
+        if config.checkpoint_dir is None:  # the cache; a directory you chose is yours
+            prune_runs(root)
         data = config.data
         tag = Path(data).name if isinstance(data, (str, Path)) else type(data).__name__
         directory = new_run_directory(root, config.backbone, tag)
