@@ -135,6 +135,26 @@ def test_a_failed_run_shows_its_traceback(broken_folder):
 
 
 @pytest.mark.colab
+def test_each_choice_carries_its_help_as_a_tooltip():
+    """The tooltip reaches the front end under either name: `tooltip` (ipywidgets 8),
+    `description_tooltip` (7.7, Colab's; deprecated in 8)."""
+    panel = Panel(charts="off")
+    controls = panel.controls
+    helps = {spec.name: spec.help for spec in nbaccel.list_options()}
+
+    def tooltip(widget) -> str:
+        state = widget.get_state()
+        return state.get("tooltip") or state.get("description_tooltip") or ""
+
+    assert tooltip(controls.epochs) == helps["epochs"]
+    assert tooltip(controls.stop) == helps["stop"]
+    assert tooltip(controls.image_size).startswith("pixels")
+    for control in controls.more:
+        assert tooltip(control.widget) == helps[control.spec.name]
+    assert "timm models match" in tooltip(controls.backbone)
+
+
+@pytest.mark.colab
 def test_freeze_slider_names_the_groups_and_counts_trainable_parameters():
     panel = Panel(charts="off", defaults=dict(backbone="resnet18"))
     controls = panel.controls
