@@ -73,6 +73,22 @@ def broken_folder(tmp_path: Path, digits_high: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def shell(monkeypatch: pytest.MonkeyPatch):
+    """IPython's test shell, displaying objects as a kernel's shell does.
+
+    IPython 7 (Colab's 7.34) turns `_ipython_display_` and the formatters registered with
+    `for_type` off in its terminal shell, which is the test shell; ipykernel's shell keeps
+    them on, so a notebook's `run` and `panel` show their panels there (issue #12).
+    """
+    from IPython.testing import globalipapp
+
+    shell = globalipapp.get_ipython()  # starts the shell once, then returns it
+    formatter = shell.display_formatter.ipython_display_formatter
+    monkeypatch.setattr(formatter, "enabled", True)
+    return shell
+
+
 def wait_for(predicate, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

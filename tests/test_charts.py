@@ -4,7 +4,6 @@ re-rendered through a display handle with plotly's own output."""
 from __future__ import annotations
 
 import pytest
-from IPython.testing import globalipapp
 
 import nbaccel
 from nbaccel.core import EpochEnded, Progress, SavingsUpdated
@@ -79,6 +78,7 @@ def test_thin_keeps_recent_points_and_the_limit():
     assert thin(xs[:10], ys[:10]) == (xs[:10], ys[:10])
 
 
+@pytest.mark.colab
 def test_figure_has_the_three_panels_and_every_trace():
     figure = create_figure()
     assert [t.name for t in figure.data] == [
@@ -94,6 +94,7 @@ def test_figure_has_the_three_panels_and_every_trace():
     assert titles == ["loss and accuracy", "throughput", "time"]
 
 
+@pytest.mark.colab
 def test_a_single_point_is_drawn_as_a_marker_until_a_line_can_be_seen():
     chart = HtmlChart()
     series = {"train loss": ([0.1], [2.3])}
@@ -106,6 +107,7 @@ def test_a_single_point_is_drawn_as_a_marker_until_a_line_can_be_seen():
     assert chart.figure.data[0].mode == "lines"  # two points: the line again
 
 
+@pytest.mark.colab
 def test_empty_axes_span_zero_to_one_and_fit_their_points_once_they_have_some():
     chart = HtmlChart()
     layout = chart.figure.layout
@@ -121,10 +123,10 @@ def test_empty_axes_span_zero_to_one_and_fit_their_points_once_they_have_some():
     assert tuple(layout.yaxis2.range) == (0, 1.02) and layout.yaxis2.autorange is None
 
 
+@pytest.mark.colab
 def test_html_backend_renders_plotly_html_through_one_display_handle(
-    monkeypatch, digits_high
+    monkeypatch, shell, digits_high
 ):
-    shell = globalipapp.get_ipython()
     published = []
     monkeypatch.setattr(
         shell.display_pub,

@@ -9,6 +9,8 @@ import pytest
 
 from nbaccel.ui import environment
 
+pytestmark = pytest.mark.colab  # all of it, on Colab's packages too (issue #12)
+
 
 @pytest.fixture
 def plain(monkeypatch):

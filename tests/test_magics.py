@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing import globalipapp
 
 import nbaccel
 import nbaccel.magics
@@ -15,8 +14,7 @@ SMALL_FLAGS = "--backbone test_resnet --pretrained no --image-size 32"
 
 
 @pytest.fixture
-def ip():
-    shell = globalipapp.get_ipython()  # starts the shell once, then returns it
+def ip(shell):
     shell.run_line_magic("load_ext", "nbaccel")
     yield shell
     shell.run_line_magic("unload_ext", "nbaccel")
@@ -60,6 +58,7 @@ def test_magic_trains_in_the_background_and_its_panel_charts_each_epoch(
     assert "finished" in panel.status.value
 
 
+@pytest.mark.colab
 def test_loading_twice_is_harmless_and_unloading_stops_a_live_run(
     ip, shown, digits_high
 ):
@@ -102,6 +101,7 @@ def test_data_from_a_variable_in_the_namespace(ip, shown):
     assert run.status == "finished" and shown[0].chart.widget is None
 
 
+@pytest.mark.colab
 @pytest.mark.parametrize(
     ("flags", "keywords"),
     [
@@ -134,6 +134,7 @@ def test_bad_flags_give_the_api_error_text(ip, shown, digits_high, flags, keywor
     assert shown == []  # nothing displayed, nothing started
 
 
+@pytest.mark.colab
 def test_unknown_name_and_bad_charts_are_refused(ip, shown):
     with pytest.raises(UsageError, match="neither a variable in this notebook"):
         ip.run_line_magic("fasttrain", "no_such_variable")
@@ -141,6 +142,7 @@ def test_unknown_name_and_bad_charts_are_refused(ip, shown):
         ip.run_line_magic("fasttrain", "--charts svg")
 
 
+@pytest.mark.colab
 def test_help_lists_the_flags(ip):
     doc = ip.find_line_magic("fasttrain").__doc__
     for flag in (
@@ -163,6 +165,7 @@ def test_help_lists_the_flags(ip):
     assert "Fine-tune a timm image model" in doc
 
 
+@pytest.mark.colab
 def test_no_data_opens_an_idle_panel_prefilled_from_the_flags(ip, shown):
     result = ip.run_line_magic(
         "fasttrain", "--backbone resnet18 --epochs 7 --pretrained no --charts off"
@@ -182,6 +185,7 @@ def test_wait_blocks_until_the_run_has_ended(ip, shown, digits_high):
     assert run.status == "finished" and len(run.history) == 2
 
 
+@pytest.mark.colab
 def test_a_run_as_the_last_line_shows_one_panel(ip, shown, digits_high):
     ip.user_ns["path"] = digits_high
 

@@ -49,6 +49,7 @@ def test_pause_resume_and_stop_buttons_drive_the_run(digits_high):
     assert not panel.controls.backbone.disabled
 
 
+@pytest.mark.colab
 def test_start_button_trains_with_the_chosen_settings(digits_high):
     panel = Panel(charts="widget")
     assert panel.chart.widget not in panel.widget.children  # no empty chart when idle
@@ -75,6 +76,7 @@ def test_start_button_trains_with_the_chosen_settings(digits_high):
     assert panel.message.value == ""
 
 
+@pytest.mark.colab
 @pytest.mark.parametrize(
     ("choices", "keywords"),
     [
@@ -101,6 +103,7 @@ def test_bad_choices_are_refused_with_the_api_message(digits_high, choices, keyw
     assert str(api.value) in html.unescape(panel.message.value)
 
 
+@pytest.mark.colab
 def test_bad_stop_rule_is_flagged_while_typing():
     panel = Panel(charts="off")
     panel.controls.stop.value = "patience:3 | soon"
@@ -111,12 +114,14 @@ def test_bad_stop_rule_is_flagged_while_typing():
     assert "✓" in panel.controls.stop_info.value
 
 
+@pytest.mark.colab
 def test_empty_data_box_is_refused():
     panel = Panel(charts="off")
     panel.start_button.click()
     assert panel.run is None and "no data" in panel.message.value
 
 
+@pytest.mark.colab
 def test_a_failed_run_shows_its_traceback(broken_folder):
     run = nbaccel.fasttrain(
         broken_folder, pretrained=False, epochs=2, batch_size=8, **SMALL
@@ -130,6 +135,27 @@ def test_a_failed_run_shows_its_traceback(broken_folder):
     assert "failed" in panel.status.value and panel.progress.bar_style == "danger"
 
 
+@pytest.mark.colab
+def test_each_choice_carries_its_help_as_a_tooltip():
+    """The tooltip reaches the front end under either name: `tooltip` (ipywidgets 8),
+    `description_tooltip` (7.7, Colab's; deprecated in 8)."""
+    panel = Panel(charts="off")
+    controls = panel.controls
+    helps = {spec.name: spec.help for spec in nbaccel.list_options()}
+
+    def tooltip(widget) -> str:
+        state = widget.get_state()
+        return state.get("tooltip") or state.get("description_tooltip") or ""
+
+    assert tooltip(controls.epochs) == helps["epochs"]
+    assert tooltip(controls.stop) == helps["stop"]
+    assert tooltip(controls.image_size).startswith("pixels")
+    for control in controls.more:
+        assert tooltip(control.widget) == helps[control.spec.name]
+    assert "timm models match" in tooltip(controls.backbone)
+
+
+@pytest.mark.colab
 def test_freeze_slider_names_the_groups_and_counts_trainable_parameters():
     panel = Panel(charts="off", defaults=dict(backbone="resnet18"))
     controls = panel.controls
@@ -147,6 +173,7 @@ def test_freeze_slider_names_the_groups_and_counts_trainable_parameters():
     assert any("blocks" in label for label, _ in controls.freeze.options)
 
 
+@pytest.mark.colab
 def test_precision_lists_what_this_device_supports():
     panel = Panel(charts="off")
     values = [value for _, value in panel.controls.precision.options]
@@ -159,6 +186,7 @@ def test_precision_lists_what_this_device_supports():
         assert values == ["auto", "fp32", "bf16"] and label == "auto (fp32 on cpu)"
 
 
+@pytest.mark.colab
 def test_backbone_filter_and_weights_mark():
     panel = Panel(charts="off")
     controls = panel.controls
