@@ -26,7 +26,7 @@ def write(name, cells):
 
 # --wait: the cell blocks until the source model is trained, its panel live meanwhile.
 source_cell = code("""low = nbaccel.datasets.digits(range(5))
-source = %fasttrain low --backbone resnet18 --pretrained no --image-size 32 --epochs 3 --stop none --wait
+source = %fasttrain low --backbone resnet18 --pretrained no --image-size 32 --epochs 2 --stop none --wait
 source.save("digits0-4.pth")  # a weights file: --pretrained digits0-4.pth loads it""")
 
 write(
