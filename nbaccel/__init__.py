@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the names below load on first use (PEP 562): see __getattr_
         SavedRun,
         Savings,
         SavingsUpdated,
+        TestScore,
         TrainConfig,
         TrainingFailed,
         compare,
@@ -51,8 +52,8 @@ def __getattr__(name: str) -> Any:
     """The public names load on first use: `import nbaccel` and `%load_ext nbaccel` return
     at once (torch and timm take seconds to import, ten or more on Colab), and the
     extension can say so before the wait."""
-    if name == "datasets":
-        return importlib.import_module("nbaccel.datasets")
+    if name in ("core", "datasets", "ui", "magics"):  # the subpackages, as attributes
+        return importlib.import_module(f"nbaccel.{name}")
     if name in __all__:
         value = getattr(importlib.import_module("nbaccel.core"), name)
         globals()[name] = value  # once
@@ -103,6 +104,7 @@ __all__ = [
     "SavedRun",
     "Savings",
     "SavingsUpdated",
+    "TestScore",
     "TrainConfig",
     "TrainingFailed",
     "compare",

@@ -107,7 +107,7 @@ class FastTrainMagics(Magics):
             if args.compare:
                 run: Union[Run, Comparison] = prepare_comparison(data, **keywords)
             else:
-                run = prepare_run(TrainConfig(data=data, **keywords))
+                run = prepare_run(TrainConfig(data=data, **keywords), set(keywords))
         except ValueError as error:
             raise UsageError(str(error)) from None
         # The panel is drawn before training starts: drawing it holds the GIL for a

@@ -120,7 +120,14 @@ def test_empty_axes_span_zero_to_one_and_fit_their_points_once_they_have_some():
     assert layout.xaxis2.autorange is True and layout.yaxis3.autorange is True
     assert layout.yaxis3.rangemode == "tozero"  # 0 to the points, noise kept small
     assert layout.yaxis.autorange is False and layout.yaxis4.autorange is False
-    assert tuple(layout.yaxis2.range) == (0, 1.02) and layout.yaxis2.autorange is None
+    assert tuple(layout.yaxis2.range) == (0, 1.02) and layout.yaxis2.autorange is False
+    # A user's zoom (the widget writes it into the layout) outlives later draws.
+    layout.xaxis2.update(autorange=False, range=[0.6, 0.9])
+    series["images/s"] = ([0.5, 1.0, 1.5], [310.0, 290.0, 300.0])
+    chart.draw(lambda name: series.get(name, ([], [])))
+    assert tuple(layout.xaxis2.range) == (0.6, 0.9)
+    chart.draw(lambda name: ([], []))  # a new run in the panel: empty again
+    assert tuple(layout.xaxis2.range) == (0, 1) and layout.xaxis2.autorange is False
 
 
 @pytest.mark.colab

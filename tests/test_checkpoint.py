@@ -342,3 +342,16 @@ def test_the_cache_keeps_the_newest_runs_and_a_chosen_directory_keeps_all(
         **TINY,
     )
     assert all(p.is_dir() for p in mine)
+
+
+def test_an_option_given_on_resume_counts_even_at_its_default(saved, tiny_folder):
+    """(#14) stop="patience:3" is the default; given on resume, it replaces the saved
+    run's "none" (fasttrain and the magic pass the names they were given)."""
+    from nbaccel.core.start import prepare_run
+
+    config = nbaccel.TrainConfig(data=tiny_folder, resume=saved, stop="patience:3")
+    given = prepare_run(config, given={"resume", "stop"})
+    assert given.config.stop_rule.text == "patience:3"
+    assert given.config.epochs == EPOCHS and given.config.backbone == "test_resnet"
+    left_out = prepare_run(nbaccel.TrainConfig(data=tiny_folder, resume=saved))
+    assert left_out.config.stop_rule.text == "none"  # as the saved run had it

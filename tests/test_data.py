@@ -117,7 +117,7 @@ def test_mismatched_images_and_labels_are_refused():
 
 def test_validation_labels_unknown_to_training_are_refused():
     images = np.zeros((4, 8, 8), np.uint8)
-    with pytest.raises(ValueError, match=r"validation labels \['7'\]"):
+    with pytest.raises(ValueError, match=r"labels \['7'\] of the validation or test"):
         resolve_sources((images, [0, 1, 0, 1]), (images[:2], [0, 7]), 0)
 
 

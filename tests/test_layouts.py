@@ -222,3 +222,32 @@ def test_table_mistakes_are_named(tmp_path, images):
         ValueError, match=r"values \['holdout'\]; use train, val or test"
     ):
         resolve_sources(bad_split, 0.2, 0)
+
+
+def test_kaggle_set_folders_and_an_empty_val_folder(tmp_path, digits_folder, caplog):
+    root = tmp_path / "cats-vs-dogs"
+    copy_digits(digits_folder, root / "training_set", "train", 20)
+    copy_digits(digits_folder, root / "test_set", "val", 4)
+    (root / "val").mkdir()  # empty: left out, with a warning
+    with caplog.at_level(logging.WARNING):
+        sources = resolve_sources(root, 0.25, seed=0)
+    assert sources.train.class_names == CLASSES and len(sources.test) == 12
+    assert (len(sources.train), len(sources.val)) == (45, 15)  # held out of train
+    assert "holds no images: it is left out" in caplog.text
+
+
+def test_fastai_is_valid_windows_paths_and_missing_values(tmp_path, images):
+    import pandas
+
+    rows = [
+        [f"images\\{p.name}", label, i % 5 == 0] for i, (p, label) in enumerate(images)
+    ]
+    table = write_csv(tmp_path / "fastai.csv", ["fname", "label", "is_valid"], rows)
+    sources = resolve_sources(table, 0.2, seed=0)  # val: the is_valid rows
+    assert (len(sources.train), len(sources.val)) == (24, 6)
+    frame = pandas.DataFrame(
+        {"path": [str(p) for p, _ in images], "label": [lab for _, lab in images]}
+    ).astype({"label": "string"})
+    frame.loc[3, "label"] = pandas.NA
+    with pytest.raises(ValueError, match="1 rows have no 'label', e.g. data row 4"):
+        resolve_sources(frame, 0.2, seed=0)

@@ -13,6 +13,7 @@ from nbaccel.core.events import RunEnded as RunEnded
 from nbaccel.core.events import RunStarted as RunStarted
 from nbaccel.core.events import Savings as Savings
 from nbaccel.core.events import SavingsUpdated as SavingsUpdated
+from nbaccel.core.events import TestScore as TestScore
 from nbaccel.core.load_run import load_run as load_run
 from nbaccel.core.model import FreezeOption as FreezeOption
 from nbaccel.core.model import LayerGroup as LayerGroup
@@ -47,6 +48,7 @@ __all__ = [
     "SavedRun",
     "Savings",
     "SavingsUpdated",
+    "TestScore",
     "TrainConfig",
     "TrainingFailed",
     "compare",

@@ -227,10 +227,10 @@ class Checkpointer:
 
     def _remove_unnamed(self) -> None:
         """Deletes the tensor files that neither the last checkpoint nor the one before
-        it names."""
+        it names, and the temporaries of writes killed mid-way (a lost Colab session)."""
         metas = (self.previous, self.meta)
         kept = {e["name"] for m in metas for e in m.get("files", {}).values()}
-        for path in self.directory.glob("*.pt"):
+        for path in [*self.directory.glob("*.pt"), *self.directory.glob(".*.tmp")]:
             if path.name not in kept:
                 with contextlib.suppress(OSError):
                     path.unlink()

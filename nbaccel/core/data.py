@@ -27,11 +27,19 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 SPLIT_NAMES = {
     "train": "train",
     "training": "train",
+    "train_set": "train",  # Kaggle's cats-vs-dogs: training_set/ + test_set/
+    "training_set": "train",
+    "seg_train": "train",  # Intel's image classification: seg_train/ + seg_test/
     "val": "val",
     "valid": "val",
     "validation": "val",
+    "val_set": "val",
+    "validation_set": "val",
     "test": "test",
     "testing": "test",
+    "test_set": "test",
+    "testing_set": "test",
+    "seg_test": "test",
 }
 
 
@@ -219,7 +227,8 @@ def index_labels(
     missing = sorted({str(v) for v in values} - set(lookup))
     if missing:
         raise ValueError(
-            f"validation labels {missing} do not occur in the training data"
+            f"labels {missing} of the validation or test data do not occur in the "
+            "training data"
         )
     return names, np.array([lookup[str(v)] for v in raw], dtype=np.int64)
 

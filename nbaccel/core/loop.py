@@ -113,7 +113,10 @@ def run_training(
             emit(RunStarted(**describe_start(plan, compiled, *loaders)))
         else:  # its RunStarted and epochs so far were published again (Run.__init__)
             note = f"resumed after epoch {resumed.checkpoint.epoch} from {resumed.checkpoint.directory}"
-            emit(Progress(0, 0, 0, math.nan, 0.0, control.elapsed(), note=note))
+            latest = [i for i in resumed.items if isinstance(i, Progress)]
+            steps = len(loaders[0])
+            last = latest[-1] if latest else Progress(1, 0, steps, math.nan, 0.0, 0.0)
+            emit(replace(last, elapsed_s=control.elapsed(), note=note))
         # 2. Time the baseline's steps and this run's (a resumed run has them); compile;
         # cache the frozen features. All of it counts in elapsed. Then seed again: none
         # of it may change the run.
@@ -248,12 +251,13 @@ def save_checkpoint(
     )
     try:
         checkpoints.save(epoch, tensors, new_best, dict(plain, **extra))
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # torch.save's writer: RuntimeError
         logger.warning("checkpoint after epoch %d not written: %s", epoch, error)
         kept = checkpoints.meta.get("epoch")
         after = f"the one after epoch {kept} is kept" if kept else "none is kept yet"
+        why = getattr(error, "strerror", None) or error
         return (
-            f"checkpoint after epoch {epoch} not written ({error.strerror or error}); "
+            f"checkpoint after epoch {epoch} not written ({why}); "
             f"{after}; training goes on"
         )
     return None

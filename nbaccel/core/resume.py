@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
@@ -124,8 +125,13 @@ def data_fingerprint(data: Any, train: Any, val: Any) -> dict:
     )
 
 
-def open_resume(config: TrainConfig) -> tuple[TrainConfig, Optional[Resumed]]:
+def open_resume(
+    config: TrainConfig, given: Optional[Collection[str]] = None
+) -> tuple[TrainConfig, Optional[Resumed]]:
     """The config to train with and the checkpoint to go on from (None: a new run).
+    `given`: the options the caller set (fasttrain's keywords, the magic's flags); an
+    option not given takes the saved run's value. Without it (a config built by hand),
+    an option at its default counts as not given.
 
     Raises:
         ValueError: no such run, no intact checkpoint, an option that differs from the
@@ -139,7 +145,7 @@ def open_resume(config: TrainConfig) -> tuple[TrainConfig, Optional[Resumed]]:
         path = Path(config.resume).expanduser()
     checkpoint = read_checkpoint(path)
     items = [item_from_dict(d) for d in checkpoint.meta["items"]]
-    config = _merged_config(config, checkpoint, _started(items))
+    config = _merged_config(config, checkpoint, _started(items), given)
     items = [  # the budget and rule the run now goes on with
         dataclasses.replace(i, epochs=config.epochs, stop=config.stop_rule.text)
         if isinstance(i, RunStarted)
@@ -168,30 +174,37 @@ def _started(items: list) -> RunStarted:
 
 
 def _merged_config(
-    config: TrainConfig, checkpoint: Checkpoint, started: RunStarted
+    config: TrainConfig,
+    checkpoint: Checkpoint,
+    started: RunStarted,
+    names_given: Optional[Collection[str]],
 ) -> TrainConfig:
-    """`config` with the saved run's choices: an option left at its default takes the
-    saved value; one that must not change (not in MAY_CHANGE), given differently, is
-    refused."""
+    """`config` with the saved run's choices: an option left out takes the saved value;
+    one that must not change (not in MAY_CHANGE), given differently, is refused."""
     saved = checkpoint.meta["plan"]["config"]
     updates, differences = {}, []
     for spec in list_options():
         if spec.name in ("checkpoint", "checkpoint_dir", "resume"):
             continue
         given, before = getattr(config, spec.name), saved[spec.name]
+        left_out = (
+            spec.name not in names_given
+            if names_given is not None
+            else _same(given, spec.default)
+        )
         if spec.name in MAY_CHANGE:  # left out: as the run had it
-            if _same(given, spec.default):
+            if left_out:
                 updates[spec.name] = before
             continue
         settled = (
             getattr(started, SETTLED[spec.name]) if spec.name in SETTLED else before
         )
         if spec.name == "val" and isinstance(before, str):  # a data object
-            if _same(given, spec.default):
+            if left_out:
                 differences.append(f"val was a data object ({before}): pass it again")
             continue
         given_text = str(given) if isinstance(given, os.PathLike) else given
-        if _same(given, spec.default) or given_text in (before, settled):
+        if left_out or given_text in (before, settled):
             updates[spec.name] = settled
         else:
             differences.append(f"{spec.name} was {before!r}, now {given!r}")

@@ -365,13 +365,13 @@ class Run:
                 status, reason, best_epoch = run_training(
                     plan, self._publisher.queue.put, self._control, checkpoints
                 )
+            # The run's clock: from the first step's set-up, paused time left out; the
+            # test split's scoring after it, as a baseline run would score it too.
+            elapsed = self._control.elapsed()
             test = None
             if plan.test is not None and best_epoch:  # finished, or stopped
                 test = score_test(plan, best_epoch)
-            # The run's clock: from the first step's set-up, paused time left out.
-            ended = RunEnded(
-                status, reason, best_epoch, self._control.elapsed(), test=test
-            )
+            ended = RunEnded(status, reason, best_epoch, elapsed, test=test)
         except BaseException as error:  # noqa: BLE001 - everything becomes a failed run
             ended = RunEnded(
                 "failed",

@@ -107,6 +107,10 @@ def read_split_folders(root: Path) -> dict[str, ImageSource]:
         split_names = {p.name for p in found.values()}
         train = read_folder(root, skip=split_names)
     splits = {"train": train}
+    for split, folder in list(found.items()):
+        if split != "train" and not has_images(folder):  # an empty val/ or test/
+            logger.warning("%s holds no images: it is left out", folder)
+            del found[split]
     if "val" in found:
         splits["val"] = read_folder(found["val"], class_names=train.class_names)
     if "test" in found:
@@ -114,6 +118,14 @@ def read_split_folders(root: Path) -> dict[str, ImageSource]:
         if test is not None:
             splits["test"] = test
     return splits
+
+
+def has_images(folder: Path) -> bool:
+    return any(
+        p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(is_hidden(part) for part in p.relative_to(folder).parts)
+        for p in folder.rglob("*")
+    )
 
 
 def find_split_folders(root: Path) -> dict[str, Path]:

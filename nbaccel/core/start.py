@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Collection
+from typing import Any, Optional
 
 from nbaccel.core.config import (
     TrainConfig,
@@ -33,7 +34,8 @@ def fasttrain(data: Any, *, background: bool = True, **options: Any) -> Run:
         The Run, already started.
     """
     check_option_names(options)
-    return start_run(TrainConfig(data=data, **options), background=background)
+    config = TrainConfig(data=data, **options)
+    return start_run(config, background=background, given=set(options))
 
 
 fasttrain.__signature__ = signature_with_options(fasttrain)  # type: ignore[attr-defined]
@@ -42,15 +44,20 @@ fasttrain.__doc__ = (fasttrain.__doc__ or "").replace(
 )
 
 
-def prepare_run(config: TrainConfig) -> Run:
+def prepare_run(config: TrainConfig, given: Optional[Collection[str]] = None) -> Run:
     """A Run for `config`, checked and prepared but not started: a panel can subscribe to
-    it and be drawn before training competes with the notebook for the CPU."""
-    config, resumed = open_resume(config)
+    it and be drawn before training competes with the notebook for the CPU. `given`: the
+    options the caller set, which a resumed run takes over the saved run's."""
+    config, resumed = open_resume(config, given)
     return Run(config, prepare_plan(config, resumed))
 
 
-def start_run(config: TrainConfig, background: bool = True) -> Run:
+def start_run(
+    config: TrainConfig,
+    background: bool = True,
+    given: Optional[Collection[str]] = None,
+) -> Run:
     """Prepares and starts a Run for `config` (what fasttrain() and the panel call).
     background=False trains on this thread and returns the ended run (Ctrl-C stops it)."""
-    run = prepare_run(config).start(background)
+    run = prepare_run(config, given).start(background)
     return run if background else run.wait()

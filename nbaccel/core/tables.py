@@ -42,6 +42,7 @@ PATH_COLUMNS = (
 )
 LABEL_COLUMNS = ("label", "class", "class_name", "category", "target", "y")
 SPLIT_COLUMN = "split"
+VALID_COLUMN = "is_valid"  # fastai's ColSplitter column: true for validation rows
 
 
 def is_table(data: Any) -> bool:
@@ -115,8 +116,10 @@ def _read_columns(data: Any) -> tuple[dict[str, list], Path, str]:
         raise ValueError(
             f"no CSV file at {where}; check the path (relative paths start at {os.getcwd()!r})"
         )
-    with path.open(newline="", encoding="utf-8-sig") as file:  # -sig: Excel's BOM
-        text = file.read()
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: Excel's byte-order mark
+    except UnicodeDecodeError:  # Excel's "CSV" on Windows: cp1252, which latin-1 reads
+        text = path.read_text(encoding="latin-1")
     try:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
     except csv.Error:
@@ -125,6 +128,8 @@ def _read_columns(data: Any) -> tuple[dict[str, list], Path, str]:
     if not reader.fieldnames:
         raise ValueError(f"{where} is empty; expected a header row such as path,label")
     names = [name.strip().lower() for name in reader.fieldnames]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where} has two columns whose names differ only in case")
     file_columns: dict[str, list] = {name: [] for name in names}
     for row in reader:
         for name, value in zip(names, row.values()):
@@ -148,7 +153,7 @@ def _pick(
         likely = [name for name, values in columns.items() if score(values) > 0.5]
         if len(likely) == 1:
             return likely[0]
-    candidates = [name for name in columns if name != SPLIT_COLUMN]
+    candidates = [name for name in columns if name not in (SPLIT_COLUMN, VALID_COLUMN)]
     if role == "label" and len(candidates) == 1:
         return candidates[0]
     raise ValueError(
@@ -182,7 +187,7 @@ def _find_images(values: list, base: Path, where: str) -> list[Path]:
 def _find_image(value: str, base: Path) -> Optional[Path]:
     """The file `value` names (relative to `base`), trying the image extensions for a
     name without one; None if there is none."""
-    path = Path(value).expanduser()
+    path = Path(value.replace("\\", "/")).expanduser()  # a path written on Windows
     path = path if path.is_absolute() else base / path
     candidates = [path]
     if not path.suffix:
@@ -205,12 +210,25 @@ def _labels(values: list, where: str, column: str) -> np.ndarray:
 
 
 def _is_missing(value: Any) -> bool:
-    """An empty cell: None, blank text, or a DataFrame's NaN."""
-    return value is None or value != value or str(value).strip() == ""
+    """An empty cell: None, blank text, or a DataFrame's NaN or pd.NA."""
+    if value is None or str(value).strip() in ("", "<NA>"):
+        return True
+    try:
+        return bool(value != value)  # NaN
+    except TypeError:  # pd.NA has no truth value
+        return True
 
 
 def _split_rows(columns: dict[str, list], where: str) -> dict[str, np.ndarray]:
-    """Row indices by split, from the `split` column; {} without one."""
+    """Row indices by split, from the `split` column, or fastai's `is_valid` (true: a
+    validation row); {} without either."""
+    if SPLIT_COLUMN not in columns and VALID_COLUMN in columns:
+        flags = [
+            str(v).strip().lower() in ("1", "true", "yes")
+            for v in columns[VALID_COLUMN]
+        ]
+        rows, valid = np.arange(len(flags)), np.array(flags, dtype=bool)
+        return {"train": rows[~valid], "val": rows[valid]} if valid.any() else {}
     if SPLIT_COLUMN not in columns:
         return {}
     values = [str(v).strip().lower() for v in columns[SPLIT_COLUMN]]

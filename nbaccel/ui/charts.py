@@ -28,6 +28,7 @@ from nbaccel.core import (
 MAX_POINTS = 2000  # per trace; older points are thinned beyond this
 # Accuracy always spans 0-100%; every other axis fits its points (see fit_axes).
 ACCURACY_AXIS = dict(range=[0, 1.02], tickformat=".0%", tickmode="linear", dtick=0.2)
+EMPTY_AXIS = dict(autorange=False, range=[0, 1])
 
 # name: (subplot column, on the secondary y axis, style)
 TRACES: dict[str, tuple[int, bool, dict]] = {
@@ -163,8 +164,10 @@ def create_figure() -> go.Figure:
             figure.add_trace(trace, row=1, col=column, secondary_y=True)
         else:
             figure.add_trace(trace, row=1, col=column)
-    figure.update_xaxes(title_text="epoch", rangemode="tozero")
-    figure.update_yaxes(rangemode="tozero")
+    # Empty, every axis spans 0..1 (Plotly's empty axis spans -1..4, which reads as
+    # negative seconds) until fit_axes lets it fit its first points.
+    figure.update_xaxes(title_text="epoch", rangemode="tozero", **EMPTY_AXIS)
+    figure.update_yaxes(rangemode="tozero", **EMPTY_AXIS)
     figure.update_yaxes(title_text="loss", row=1, col=1, secondary_y=False)
     figure.update_yaxes(
         title_text="val acc",
@@ -186,17 +189,17 @@ def create_figure() -> go.Figure:
         legend=dict(orientation="h", y=-0.22),
         uirevision="nbaccel",  # keeps the user's zoom across updates
     )
-    fit_axes(figure, lambda name: ([], []))
     return figure
 
 
 Points = Callable[[str], tuple[list[float], list[float]]]  # trace name -> (xs, ys)
 
 
-def fit_axes(figure: go.Figure, points: Points) -> None:
-    """An axis with no points spans 0..1 (Plotly's empty axis spans -1..4, which reads as
-    negative seconds); one with points fits them. Accuracy axes keep their 0-100%. Only
-    changes are set: each one is sent to the view."""
+def fit_axes(figure: go.Figure, points: Points, fitted: set[str]) -> None:
+    """An axis fits its points from the draw that brings its first ones, and spans 0..1
+    again if they go (a new run in the panel). `fitted`: the axes fitting their points,
+    kept by the chart: reading the layout instead would undo a user's zoom, which the
+    widget writes back into it. Accuracy axes keep their 0-100%."""
     filled: dict[str, bool] = {}
     for trace in figure.data:
         has_points = bool(points(trace.name)[0])
@@ -209,10 +212,12 @@ def fit_axes(figure: go.Figure, points: Points) -> None:
         axis = figure.layout[name]
         if axis.tickformat == ACCURACY_AXIS["tickformat"]:
             continue
-        if has_points and axis.autorange is not True:
+        if has_points and name not in fitted:
             axis.autorange = True
-        elif not has_points and axis.autorange is not False:
-            axis.update(autorange=False, range=[0, 1])
+            fitted.add(name)
+        elif not has_points and name in fitted:
+            axis.update(EMPTY_AXIS)
+            fitted.discard(name)
 
 
 def fill(trace: go.Scatter, points: Points) -> None:
@@ -249,12 +254,13 @@ class WidgetChart(NoChart):
 
     def __init__(self, figure: Optional[go.Figure] = None) -> None:
         self.widget = go.FigureWidget(figure or create_figure())
+        self._fitted: set[str] = set()
 
     def draw(self, points: Points) -> None:
         with self.widget.batch_update():
             for trace in self.widget.data:
                 fill(trace, points)
-            fit_axes(self.widget, points)
+            fit_axes(self.widget, points, self._fitted)
 
 
 class HtmlChart(NoChart):
@@ -265,6 +271,7 @@ class HtmlChart(NoChart):
     def __init__(self, figure: Optional[go.Figure] = None) -> None:
         self.figure = figure or create_figure()
         self._handle = None
+        self._fitted: set[str] = set()
 
     def show(self, empty: bool = False) -> None:
         shown = {"text/plain": ""} if empty else self.bundle()
@@ -274,7 +281,7 @@ class HtmlChart(NoChart):
         with self.figure.batch_update():
             for trace in self.figure.data:
                 fill(trace, points)
-            fit_axes(self.figure, points)
+            fit_axes(self.figure, points, self._fitted)
         if self._handle is not None:
             self._handle.update(self.bundle(), raw=True)
 
@@ -317,10 +324,9 @@ def create_comparison_figure() -> go.Figure:
         autosize=True,
         template="plotly_white",
         title="validation accuracy against wall time",
-        xaxis=dict(title="seconds", rangemode="tozero"),
+        xaxis=dict(title="seconds", rangemode="tozero", **EMPTY_AXIS),
         yaxis=dict(title="val acc", **ACCURACY_AXIS),
         margin=dict(l=50, r=20, t=50, b=40),
         uirevision="nbaccel",
     )
-    fit_axes(figure, lambda name: ([], []))
     return figure
