@@ -54,7 +54,7 @@ target"""),
 
 The panel appears at once and the model trains in a background thread: the charts grow while
 you run the next cells. `--freeze` is left on `auto`, which keeps a pretrained backbone's
-early layers frozen (`run.events[0].freeze_reason` says which and why). The Stop button
+early layers frozen (the status line says which and why). The Stop button
 (or `run.stop()`) ends the run; kernel Interrupt does not reach the training thread."""),
         code(
             "run = %fasttrain target --backbone resnet18 --pretrained digits0-4.pth --image-size 32 --epochs 8"
