@@ -57,7 +57,7 @@ you run the next cells. `--freeze` is left on `auto`, which keeps a pretrained b
 early layers frozen (the status line says which and why). The Stop button
 (or `run.stop()`) ends the run; kernel Interrupt does not reach the training thread."""),
         code(
-            "run = %fasttrain target --backbone resnet18 --pretrained digits0-4.pth --image-size 32 --epochs 8"
+            "run = %fasttrain target --backbone resnet18 --pretrained digits0-4.pth --image-size 32 --epochs 6"
         ),
         md("The notebook stays usable while it trains:"),
         code('print(run.status, "-", len(run.history), "epochs done so far")'),
@@ -102,7 +102,7 @@ layers (low-level features), starts the new head at zero, re-estimates the Batch
 statistics before each evaluation, uses torch's fused AdamW, and on a CPU with bf16 times
 bf16 against fp32 and keeps the faster."""),
         code(
-            "cmp = %fasttrain target --backbone resnet18 --pretrained digits0-4.pth --image-size 32 --epochs 8 --compare"
+            "cmp = %fasttrain target --backbone resnet18 --pretrained digits0-4.pth --image-size 32 --epochs 6 --compare"
         ),
         md("""## The headline: time to the same accuracy
 
