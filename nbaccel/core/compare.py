@@ -169,9 +169,14 @@ class Comparison:
                 f"{best['baseline']:.3f}); the accelerated run did in "
                 f"{reached['accelerated']:.1f} s"
             )
+        pace = (  # a speedup below 1 is a slowdown: say so, not "0.17x sooner"
+            f"{self.speedup:.2f}x sooner"
+            if self.speedup >= 1
+            else f"{1 / self.speedup:.2f}x later: no time saved"
+        )
         return (
             f"val_acc {target:.3f} in {reached['accelerated']:.1f} s against the "
-            f"baseline's {reached['baseline']:.1f} s: {self.speedup:.2f}x sooner"
+            f"baseline's {reached['baseline']:.1f} s: {pace}"
         )
 
     @property
