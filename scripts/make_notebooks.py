@@ -161,7 +161,7 @@ from pathlib import Path
 # Colab: upload or mount Drive; Kaggle: "Add data", then e.g. /kaggle/input/<dataset>.
 DATA = Path("/content/photos")
 if not DATA.exists():  # no folder here: the bundled digits stand in
-    DATA = nbaccel.datasets.digits()
+    DATA = nbaccel.datasets.digits(range(5))  # digits 0-4: a few seconds an epoch
 DATA"""),
         md("""Fine-tune a backbone with timm's published (hub) weights. Colab and Kaggle render custom
 widgets unreliably, so the charts use the `html` backend there (chosen automatically; set here
@@ -172,7 +172,7 @@ run = %fasttrain DATA --backbone convnext_tiny --pretrained yes --freeze auto --
         md("""Without internet (and in this project's tests) the same call with random weights and a
 small input size:"""),
         code("""if "run" not in globals():
-    run = %fasttrain DATA --backbone resnet18 --pretrained no --image-size 32 --epochs 2 --charts html"""),
+    run = %fasttrain DATA --backbone resnet18 --pretrained no --image-size 32 --epochs 1 --charts html"""),
         code("""run.wait()
 run.history[-1]"""),
         md("""## Runs that survive the session

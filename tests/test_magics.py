@@ -35,13 +35,13 @@ def shown(monkeypatch):
 
 
 def test_magic_trains_in_the_background_and_its_panel_charts_each_epoch(
-    ip, shown, digits_folder
+    ip, shown, digits_high
 ):
     """The issue's test: a short resnet18 run on the bundled digits; the panel shown by the
     magic gets one val-loss point per epoch in its FigureWidget."""
     run = ip.run_line_magic(
         "fasttrain",
-        f"{digits_folder} --backbone resnet18 --pretrained no --image-size 32 "
+        f"{digits_high} --backbone resnet18 --pretrained no --image-size 32 "
         "--epochs 2 --stop none",
     )
     assert isinstance(run, nbaccel.Run)
