@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -132,12 +132,7 @@ def read_folder(
     )
     files: dict[str, list[Path]] = {}
     for folder in folders:
-        images = sorted(
-            p
-            for p in folder.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS
-            and not any(is_hidden(part) for part in p.relative_to(root).parts)
-        )
+        images = sorted(find_images(folder))
         if images:
             files[folder.name] = images
         else:
@@ -164,6 +159,16 @@ def read_folder(
         [names.index(name) for name in files for _ in files[name]], dtype=np.int64
     )
     return checked(ImageSource(paths, labels, names), str(root), class_names is None)
+
+
+def find_images(folder: Path) -> Iterator[Path]:
+    """The image files anywhere under `folder`, hidden folders left out."""
+    return (
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(is_hidden(part) for part in p.relative_to(folder).parts)
+    )
 
 
 def is_hidden(name: str) -> bool:

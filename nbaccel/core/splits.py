@@ -18,6 +18,7 @@ from nbaccel.core.data import (
     IMAGE_EXTENSIONS,
     SPLIT_NAMES,
     ImageSource,
+    find_images,
     is_hidden,
     read_folder,
     read_object,
@@ -121,11 +122,7 @@ def read_split_folders(root: Path) -> dict[str, ImageSource]:
 
 
 def has_images(folder: Path) -> bool:
-    return any(
-        p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(is_hidden(part) for part in p.relative_to(folder).parts)
-        for p in folder.rglob("*")
-    )
+    return next(find_images(folder), None) is not None
 
 
 def find_split_folders(root: Path) -> dict[str, Path]:
