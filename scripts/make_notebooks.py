@@ -1,6 +1,8 @@
 """Writes notebooks/*.ipynb (sources only, no outputs): edit the cells here, then run
 `python scripts/make_notebooks.py` from the repository root."""
 
+import textwrap
+
 import nbformat
 from nbformat.v4 import new_code_cell as code
 from nbformat.v4 import new_markdown_cell as md
@@ -90,12 +92,17 @@ both to the **baseline's best validation accuracy**: the speedup is the baseline
 that accuracy over nbaccel's. A run that never reaches it saved nothing, however soon it
 ended (`cmp.speedup` is then `None`, and the verdict says so).
 
-As in the quickstart, a source model pretrained on digits 0-4 stands in for hub weights."""),
+As in the quickstart, a source model pretrained on digits 0-4 stands in for hub weights
+(the quickstart's own, when it has been run here)."""),
         code("""%load_ext nbaccel
 import nbaccel
 
 target = nbaccel.datasets.digits(range(5, 10))"""),
-        source_cell,
+        code(
+            'from pathlib import Path\n\nif not Path("digits0-4.pth").exists():  '
+            "# the quickstart saved it; else trained here\n"
+            + textwrap.indent(source_cell.source, "    ")
+        ),
         md("""nbaccel's defaults on the transfer to digits 5-9, then the baseline; both are shown
 live, accuracy against wall time. For a pretrained backbone nbaccel freezes the early
 layers (low-level features), starts the new head at zero, re-estimates the BatchNorm

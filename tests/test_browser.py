@@ -37,7 +37,10 @@ def lab(tmp_path, cache):
     """JupyterLab on a free local port, serving a copy of the notebooks."""
     root = tmp_path / "lab"
     shutil.copytree(ROOT / "notebooks", root)
-    nbformat.write(views_notebook(), root / "views.ipynb")
+    # The other views run after the quickstart's cells, in its kernel (no second start).
+    quickstart = nbformat.read(root / "quickstart.ipynb", 4)
+    quickstart.cells += [nbformat.v4.new_code_cell(source) for source in VIEWS.values()]
+    nbformat.write(quickstart, root / "quickstart.ipynb")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -100,12 +103,10 @@ def lab(tmp_path, cache):
 
 # The other views a user sees, each kept as a screenshot: the picker panel (%fasttrain
 # with no data), a finished run's panel on a Kaggle-style train/ + test/ folder (its test
-# split scored at the end), and the comparison view.
+# split scored at the end), and the comparison view. Appended to the quickstart's copy.
 VIEWS = {
-    "setup": """%load_ext nbaccel
-import shutil
+    "setup": """import shutil
 from pathlib import Path
-import nbaccel
 
 digits = nbaccel.datasets.digits(range(3))
 kaggle = Path("kaggle")
@@ -118,17 +119,6 @@ shutil.copytree(digits / "val", kaggle / "test", dirs_exist_ok=True)""",
     "--image-size 32 --epochs 2 --compare",
     "comparison-wait": "cmp.wait();",
 }
-
-
-def views_notebook() -> nbformat.NotebookNode:
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    notebook.cells = [nbformat.v4.new_code_cell(source) for source in VIEWS.values()]
-    return notebook
 
 
 def run_cell(page, cell) -> None:
@@ -219,15 +209,9 @@ def test_quickstart_panel_charts_and_stop_in_chromium(lab):
             cells.nth(magic).screenshot(path=str(shot))  # the cell with its panel
             assert shot.stat().st_size > 10_000
 
-            # A workspace of its own: the quickstart's tab is not restored beside it.
-            page.goto(
-                f"{lab}/lab/workspaces/views/tree/views.ipynb?token={TOKEN}&reset"
-            )
-            page.wait_for_selector(
-                ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000
-            )
-            cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell")
-            for index, name in enumerate(VIEWS):
+            # The other views, below the quickstart's own cells, in the same kernel.
+            first = len(notebook.cells)
+            for index, name in enumerate(VIEWS, start=first):
                 run_cell(page, cells.nth(index))
                 if name in ("picker", "finished", "comparison-wait"):
                     view = "comparison" if name == "comparison-wait" else name
@@ -235,9 +219,9 @@ def test_quickstart_panel_charts_and_stop_in_chromium(lab):
                     cell.scroll_into_view_if_needed()
                     page.wait_for_timeout(500)  # Plotly's last redraw
                     cell.screenshot(path=str(SCREENSHOTS / f"{view}.png"))
-            texts = cells.nth(2).inner_text()
+            texts = cells.nth(first + 2).inner_text()
             assert "finished (epochs)" in texts and "test_acc" in texts, texts
-            assert "speedup at equal accuracy" in cells.nth(3).inner_text()
+            assert "speedup at equal accuracy" in cells.nth(first + 3).inner_text()
         except BaseException:
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import nbformat
 from nbclient import NotebookClient
 
-EPOCHS = 8  # seconds of training: the cells after the magic run meanwhile
+EPOCHS = 5  # seconds of training: the cells after the magic run meanwhile
 
 
 def test_kernel_stays_responsive_while_a_run_trains(tmp_path, digits_high):
