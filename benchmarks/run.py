@@ -18,6 +18,9 @@ CPU part, on the bundled digits (real scans, offline):
                              32 px, batch 32, fp32; nbaccel's speed-ups off), alternated
   overhead_imagenet          the same on tf_efficientnet_lite0 at 96 px, batch 64
   cache_speedup              a head-only epoch without the feature cache over one with it
+  devices_speedup            the digits task with devices=1 (the training thread) against
+                             devices=2 (two processes sharing the machine), wall time from
+                             the call to the ended run, process start-up included
 GPU part (CUDA only): resnet50, convnext_tiny and vit_small_patch16_224 at 224 px in the
 precision "auto" picks on the card:
   gpu_images_per_s nbaccel's training images/s, with model FLOPs utilisation
@@ -285,6 +288,46 @@ def cache_speedup(folder: Path, weights: Path) -> None:
 # --- GPU ---------------------------------------------------------------------------------
 
 
+def devices_speedup(folder: Path, weights: Path, rounds: int) -> None:
+    """devices=2 against devices=1 on the digits task (nbaccel's defaults, 8 epochs, no
+    early stop), alternated: the wall time from the call to the ended run (processes'
+    start-up included), images/s after the first epoch, and each one's best val_acc (two
+    processes step with twice the images, at sqrt(2) times the "auto" rate)."""
+    count = 2 if not torch.cuda.is_available() else min(2, torch.cuda.device_count())
+    task = dict(DIGITS, pretrained=weights, stop="none", checkpoint=False)
+
+    def train(devices: int) -> dict:
+        started = time.perf_counter()
+        run = nbaccel.fasttrain(folder, devices=devices, background=False, **task)
+        wall = time.perf_counter() - started
+        speeds = [row["images_per_s"] for row in run.history[1:]]
+        return dict(
+            wall_s=wall,
+            images_per_s=statistics.mean(speeds),
+            best=run.best["val_acc"],
+            history=[round(r["val_acc"], 3) for r in run.history],
+        )
+
+    if count < 2:
+        return
+    best: dict = {}
+    for _ in range(rounds):
+        for devices in (1, count):
+            result = train(devices)
+            if devices not in best or result["wall_s"] < best[devices]["wall_s"]:
+                best[devices] = result
+    one, many = best[1], best[count]
+    emit(
+        "devices_speedup",
+        round(one["wall_s"] / many["wall_s"], 2),
+        unit=f"devices=1's wall time over devices={count}'s, best of {rounds} rounds",
+        one_device=dict(one, wall_s=round(one["wall_s"], 1)),
+        processes=dict(many, wall_s=round(many["wall_s"], 1)),
+        images_per_s_ratio=round(many["images_per_s"] / one["images_per_s"], 2),
+        epochs=task["epochs"],
+    )
+
+
 def gpu_precision() -> str:
     """What precision="auto" picks on this GPU: bf16 from compute capability 8.0, fp16 on
     a T4 or V100 (where bf16 is refused)."""
@@ -401,13 +444,14 @@ def main() -> None:
         "overhead",
         "overhead_imagenet",
         "cache_speedup",
+        "devices_speedup",
     ]
     wanted = set(args.only or every)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         digits_high = nbaccel.datasets.digits(range(5, 10), root=root)
         digits = nbaccel.datasets.digits(root=root)
-        needs_source = {"time_to_accuracy", "cache_speedup"} & wanted
+        needs_source = {"time_to_accuracy", "cache_speedup", "devices_speedup"} & wanted
         source = pretrain_source(root) if needs_source else None
         needs_lite0 = {"time_to_accuracy_imagenet", "overhead_imagenet"} & wanted
         lite0 = nbaccel.datasets.efficientnet_lite0(root=root) if needs_lite0 else None
@@ -438,6 +482,8 @@ def main() -> None:
             )
         if "cache_speedup" in wanted:
             cache_speedup(digits_high, source)
+        if "devices_speedup" in wanted:
+            devices_speedup(digits_high, source, args.rounds)
         if not args.quick and torch.cuda.is_available():
             gpu_benchmarks(root, args.timm_benchmark)
 

@@ -182,6 +182,15 @@ small input size:"""),
     run = %fasttrain DATA --backbone resnet18 --pretrained no --image-size 32 --epochs 1 --charts html"""),
         code("""run.wait()
 run.history[-1]"""),
+        md("""## Two GPUs (Kaggle's "GPU T4 x2")
+
+`--devices 2` trains in two processes, one per GPU, data-parallel (PyTorch's
+DistributedDataParallel): each takes half of every epoch at `--batch-size` images a step, so
+an epoch has half the steps, and the panel and charts are those of any run. `--devices all`
+takes every GPU. Without GPUs (here, offline) the two processes share the CPU's cores."""),
+        code("""run = %fasttrain DATA --backbone resnet18 --pretrained no --image-size 32 --epochs 1 --devices 2 --charts html
+run.wait()
+print(run.events[0].devices, "processes:", run.history[-1])"""),
         md("""## Runs that survive the session
 
 Colab and Kaggle end sessions without asking (idle time-outs, usage limits, a kernel out of

@@ -165,8 +165,8 @@ def test_compile_auto_counts_the_steps_of_the_probed_batch(digits_high, monkeypa
     monkeypatch.setattr(
         loop,
         "decide_compile",
-        lambda requested, device, total, cached: (
-            steps.append(total) or real(requested, device, total, cached)
+        lambda requested, device, total, *rest: (
+            steps.append(total) or real(requested, device, total, *rest)
         ),
     )
     run.start(background=False)

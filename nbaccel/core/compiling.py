@@ -78,12 +78,20 @@ def check_compile(requested: Any, device: torch.device) -> None:
 
 
 def decide_compile(
-    requested: Any, device: torch.device, total_steps: int, feature_cache: bool
+    requested: Any,
+    device: torch.device,
+    total_steps: int,
+    feature_cache: bool,
+    devices: int = 1,
 ) -> Decision:
     """Whether to compile, once the batch size (and so the steps of the epoch budget) is
-    known: "auto" compiles on CUDA when `total_steps` repay a compile of tens of seconds."""
+    known: "auto" compiles on CUDA when `total_steps` repay a compile of tens of seconds.
+    Not with devices=N (prepare refuses compile=True there)."""
     if requested is not True and requested != "auto":
         return Decision("compile", False, "compile=False")
+    if devices > 1:
+        why = f"devices={devices}: the processes train uncompiled (not wired yet)"
+        return Decision("compile", False, why)
     if feature_cache:
         why = "features are cached: only the classifier runs, nothing to compile"
         return Decision("compile", False, why)

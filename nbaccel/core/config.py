@@ -146,6 +146,12 @@ def _image_size(name: str, value: Any) -> Optional[str]:
     return f"image_size must be None or a whole number >= 8 pixels, got {value!r}"
 
 
+def _devices(name: str, value: Any) -> Optional[str]:
+    if value == "all" or (_is_int(value) and value >= 1):
+        return None
+    return f"devices must be a whole number >= 1 or 'all', got {value!r}"
+
+
 def _device(name: str, value: Any) -> Optional[str]:
     if isinstance(value, str):
         return None
@@ -301,6 +307,12 @@ class TrainConfig:
         parse=_optional_int,
     )
     device: str = option("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", _device)
+    devices: Union[int, str] = option(
+        1,
+        "data-parallel processes, one per GPU (or sharing a CPU's cores), each with "
+        "batch_size images per step; 'all': every GPU; 1: the training thread",
+        _devices,
+    )
     seed: int = option(
         0, "seeds the split, the new head, the shuffle and the augmentation", _seed
     )

@@ -8,18 +8,27 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from multiprocessing.context import BaseContext
+from typing import Any, Optional
+
+from nbaccel.core.ranks import Ranks
 
 
 class Control:
     """Stop and pause flags, set from any thread, read by the loop between steps.
 
     Time spent paused is not counted in `elapsed()`, so a time budget means training time.
+    With `context` (a multiprocessing context) the flags are that context's Events, which
+    the processes of a `devices=N` run share with the notebook's Run; `ranks` is set in
+    each of them (ranks.py), so that all take the same decision at the same step.
     """
 
-    def __init__(self) -> None:
-        self.stop_requested = threading.Event()
-        self._running = threading.Event()  # cleared while paused
+    def __init__(self, context: Optional[BaseContext] = None) -> None:
+        events: Any = threading if context is None else context
+        self.stop_requested = events.Event()
+        self._running = events.Event()  # cleared while paused
         self._running.set()
+        self.ranks = Ranks()
         self._started = time.perf_counter()
         self._paused_s = 0.0
         self._already_s = 0.0
@@ -46,13 +55,25 @@ class Control:
     def elapsed(self) -> float:
         return self._already_s + time.perf_counter() - self._started - self._paused_s
 
-    def should_stop(self) -> bool:
-        """Called between steps: blocks while paused, then says whether to stop."""
+    def stop_seen(self) -> bool:
+        """This process's view, between two batches: blocks while paused, then says
+        whether a stop was asked for. Ranks may see it a batch apart (see should_stop)."""
         if not self._running.is_set():
             paused_at = time.perf_counter()
             self._running.wait()
             self._paused_s += time.perf_counter() - paused_at
         return self.stop_requested.is_set()
+
+    def should_stop(self, time_limit: Optional[float] = None) -> Optional[str]:
+        """Called between steps: blocks while paused, then "user" when a stop was asked
+        for, "time" once `time_limit` seconds have passed, else None; rank 0's answer on
+        every rank."""
+        reason = None
+        if self.stop_seen():
+            reason = "user"
+        elif time_limit is not None and self.elapsed() >= time_limit:
+            reason = "time"
+        return self.ranks.agree(reason)
 
 
 @contextlib.contextmanager

@@ -44,6 +44,9 @@ class RunStarted:
         ""  # how the new head started: "zeros", "timm's initialisation", ...
     )
     test_images: int = 0  # the test split, scored once at the end (0: none)
+    # data-parallel processes (devices=N), each with batch_size images per step and its
+    # steps_per_epoch; 1: the training thread
+    devices: int = 1
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,16 @@ what its weights were trained on.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 import torch
 from timm.data import create_transform, resolve_model_data_config
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision import transforms as T
 
 from nbaccel.core.data import ImageSource
@@ -241,6 +242,36 @@ def worker_context() -> Any:
     )
 
 
+class ShardSampler(Sampler[int]):
+    """Rank `rank`'s share of a shuffled epoch: every rank draws the same permutation from
+    its own copy of one seeded generator, pads it to a multiple of `count` with its first
+    indices (as DistributedSampler does), and takes every `count`-th index. So the ranks
+    see disjoint shards of equal length, together the whole epoch, and the shuffle lives
+    in the generator the checkpoints already keep."""
+
+    def __init__(
+        self, size: int, rank: int, count: int, generator: torch.Generator
+    ) -> None:
+        self.size, self.rank, self.count = size, rank, count
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.count)
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.size, generator=self.generator).tolist()
+        order += order[: len(self) * self.count - self.size]
+        return iter(order[self.rank :: self.count])
+
+
+def shard_indices(size: int, rank: int, count: int) -> Optional[list[int]]:
+    """The validation images rank `rank` of `count` scores (every `count`-th, no
+    padding: the sums are totalled over the ranks), or None for all of them on one."""
+    if count == 1:
+        return None
+    return list(range(rank, size, count))
+
+
 def create_loaders(
     train: TransformedImages,
     val: TransformedImages,
@@ -248,20 +279,30 @@ def create_loaders(
     device: torch.device,
     workers: int,
     generator: torch.Generator,
+    rank: int = 0,
+    ranks: int = 1,
 ) -> tuple[DataLoader, DataLoader]:
     """Shuffled train and ordered val loaders: pinned memory on CUDA (the steps copy with
-    non_blocking=True), `workers` persistent worker processes (started once per run)."""
+    non_blocking=True), `workers` persistent worker processes (started once per run).
+    With devices=N, rank `rank` of `ranks`'s shard of each (ShardSampler)."""
     common: dict[str, Any] = dict(pin_memory=device.type == "cuda", num_workers=workers)
     if workers:
         common.update(persistent_workers=True, multiprocessing_context=worker_context())
+    shard = ShardSampler(len(train), rank, ranks, generator)
     train_loader = DataLoader(
         train,
         batch_size=batch_size,
-        shuffle=True,
+        sampler=shard if ranks > 1 else None,
+        shuffle=None if ranks > 1 else True,
         generator=generator,
         # No batch of one: BatchNorm cannot train on it.
-        drop_last=len(train) > batch_size,
+        drop_last=len(shard) > batch_size,
         **common,
     )
-    val_loader = DataLoader(val, batch_size=batch_size * 2, **common)
+    val_loader = DataLoader(
+        val,
+        batch_size=batch_size * 2,
+        sampler=shard_indices(len(val), rank, ranks),  # None: all, in order
+        **common,
+    )
     return train_loader, val_loader

@@ -56,6 +56,7 @@ from nbaccel.core.model import (
 from nbaccel.core.optimizer import create_optimizer, create_schedule
 from nbaccel.core.plan import Plan
 from nbaccel.core.precision import autocast, create_grad_scaler
+from nbaccel.core.ranks import Ranks, every_core
 from nbaccel.core.resume import Resumed
 from nbaccel.core.steps import eval_step, forward_backward, optimizer_step
 from nbaccel.core.stopping import is_better
@@ -72,8 +73,10 @@ Emit = Callable[[Any], None]
 class Trainee:
     """What the epochs run on, once compiled or cached."""
 
-    # What a step calls: the model, its compiled wrapper, or its classifier (on features)
+    # What a step calls: the model, its compiled wrapper, or its classifier (on features);
+    # with devices=N, in DistributedDataParallel's wrapper
     step_module: nn.Module
+    eval_module: nn.Module  # the same, unwrapped: evaluating needs no other rank
     train_batches: Callable[[], Iterable]
     val_batches: Callable[[], Iterable]
     steps_per_epoch: int
@@ -95,8 +98,9 @@ def run_training(
     control.start_clock(resumed.meta["elapsed_s"] if resumed else 0.0)
     if checkpoints is not None:
         emit = checkpoints.record(emit)
+    ranks = control.ranks  # one, or this process's place among devices=N (ranks.py)
     model = place_model(plan.model, plan.device, plan.channels_last.value)
-    plan, timed = settle_on_device(plan, model)
+    plan, timed = settle_on_device(plan, model, ranks)
     loaders = create_loaders(
         plan.train,
         plan.val,
@@ -104,13 +108,17 @@ def run_training(
         plan.device,
         plan.workers.value,
         torch.Generator().manual_seed(plan.seed),
+        ranks.rank,
+        ranks.count,
     )
     steps = plan.epochs * len(loaders[0])
-    wanted = decide_compile(plan.compile, plan.device, steps, plan.feature_cache.value)
+    wanted = decide_compile(
+        plan.compile, plan.device, steps, plan.feature_cache.value, ranks.count
+    )
     strict = plan.compile is True
     with compile_slot(wanted, strict) as compiled, tuned_kernels(plan.device):
         if resumed is None:
-            emit(RunStarted(**describe_start(plan, compiled, *loaders)))
+            emit(RunStarted(**describe_start(plan, compiled, *loaders, ranks.count)))
         else:  # its RunStarted and epochs so far were published again (Run.__init__)
             note = f"resumed after epoch {resumed.checkpoint.epoch} from {resumed.checkpoint.directory}"
             latest = [i for i in resumed.items if isinstance(i, Progress)]
@@ -128,20 +136,21 @@ def run_training(
         )
         compiled_before = compile_seconds()
         trainee = None
-        if not control.stop_requested.is_set():
+        if not control.should_stop():
             trainee = prepare_trainee(plan, model, loaders, compiled, emit, control)
         if trainee is None:  # a stop came during the set-up
             restore_layout(model).eval()
             return "stopped", "user", None
         if calibration is not None and resumed is None:
             emit(Measured(calibration, trainee.acceleration, control.elapsed()))
-        seed_everything(plan.seed)
+        seed_everything(plan.seed + ranks.rank)  # each rank its own random crops
         optimizer = create_optimizer(
             model, plan.head_lr, plan.backbone_lr, plan.fused.value
         )
         schedule = create_schedule(optimizer, steps, plan.head_lr)
         scaler = create_grad_scaler(plan.device, plan.precision)
-        micro = MicroBatches(plan.batch_size.value, plan.device)
+        # Ranks must run the same collectives: no rank may split its batch alone.
+        micro = MicroBatches(plan.batch_size.value, plan.device, ranks.count == 1)
         average = (  # what each evaluation scores and the run keeps, when ema is on
             WeightAverage(optimizer, ema_decay(trainee.steps_per_epoch, steps))
             if plan.ema
@@ -213,8 +222,9 @@ def run_training(
                 )
                 if note:
                     emit(replace(last, elapsed_s=control.elapsed(), note=note))
-            # 6. Ask the stopping rules; the epoch budget ends the loop by itself.
-            fired = plan.stop_rule.check(history, control.elapsed())
+            # 6. Ask the stopping rules (rank 0's verdict for all); the epoch budget ends
+            # the loop by itself.
+            fired = ranks.agree(plan.stop_rule.check(history, control.elapsed()))
             if fired:
                 reason = fired
                 break
@@ -290,21 +300,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def settle_on_device(plan: Plan, model: nn.Module) -> tuple[Plan, dict[str, float]]:
+def settle_on_device(
+    plan: Plan, model: nn.Module, ranks: Ranks
+) -> tuple[Plan, dict[str, float]]:
     """The plan completed with what only this device can tell, measured on this thread:
-    the batch size that fits (a CUDA probe), whether bf16 pays (a CPU's "auto"). Returns it
-    with the seconds per step the bf16 probe timed (the calibration reuses them)."""
-    plan = replace(plan, batch_size=fit_batch_size(plan, model), probe_batch=False)
+    the batch size that fits (a CUDA probe), whether bf16 pays (a CPU's "auto"); rank 0's
+    findings on every rank. Returns it with the seconds per step the bf16 probe timed
+    (the calibration reuses them)."""
+    batch_size = ranks.agree(fit_batch_size(plan, model))
+    plan = replace(plan, batch_size=batch_size, probe_batch=False)
     if not plan.probe_precision:
         return plan, {}
     size = min(plan.batch_size.value, len(plan.train))  # type: ignore[arg-type]
     first = read_batch(plan.train, range(size))
     precision, timed = decide_cpu_precision(plan, model, first)
+    precision = ranks.agree(precision)
     return replace(plan, precision_choice=precision, probe_precision=False), timed
 
 
 def describe_start(
-    plan: Plan, compiled: Decision, train_loader: DataLoader, val_loader: DataLoader
+    plan: Plan,
+    compiled: Decision,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    devices: int,
 ) -> dict:
     """The RunStarted fields: the settled plan, and whether this thread compiles."""
     decisions = (
@@ -316,6 +335,7 @@ def describe_start(
         plan.channels_last,
         plan.fused,
         plan.batch_size,
+        plan.devices,
     )
     return dict(
         backbone=plan.backbone,
@@ -342,6 +362,7 @@ def describe_start(
         val_batches=len(val_loader),
         head_init=plan.head_init,
         test_images=0 if plan.test is None else len(plan.test),  # type: ignore[arg-type]
+        devices=devices,
     )
 
 
@@ -353,11 +374,16 @@ def measure_baseline(
     timed: dict[str, float],
 ) -> Optional[Calibration]:
     """The calibration, unless baseline="off", a stop came first, or not even one image
-    fits in GPU memory for the baseline (the run goes on without savings)."""
-    if not plan.measure_baseline:
+    fits in GPU memory for the baseline (the run goes on without savings). With
+    devices=N, rank 0 times one device (on a CPU: with every core, which the other ranks
+    leave idle meanwhile) and the others go on to wait for it in their first step."""
+    if not plan.measure_baseline or control.ranks.rank != 0:
         return None
     try:
-        return calibrate(plan, model, *loaders, control.stop_requested.is_set, timed)
+        with every_core(control.ranks.count > 1 and plan.device.type == "cpu"):
+            return calibrate(
+                plan, model, *loaders, control.stop_requested.is_set, timed
+            )
     except torch.cuda.OutOfMemoryError:
         pass
     release(plan.device)  # after the except block, which held the failed step
@@ -392,6 +418,7 @@ def prepare_trainee(
         classifier = model.get_classifier()
         return Trainee(
             classifier,
+            classifier,
             cache.train_batches,
             cache.val_batches,
             steps,
@@ -407,6 +434,7 @@ def prepare_trainee(
         if note:
             emit(Progress(1, 0, steps, math.nan, 0.0, control.elapsed(), note=note))
     return Trainee(
+        control.ranks.wrap(module),
         module,
         lambda: train_loader,
         lambda: val_loader,
@@ -449,11 +477,11 @@ def train_epoch(
     def clear_gradients() -> None:
         optimizer.zero_grad(set_to_none=True)
 
+    ranks = control.ranks
     for step, (inputs, targets) in enumerate(trainee.train_batches(), start=1):
-        if control.should_stop():
-            return "user", last
-        if time_limit is not None and control.elapsed() >= time_limit:
-            return "time", last
+        halt = control.should_stop(time_limit)  # "user", "time" or None, on every rank
+        if halt:
+            return halt, last
         gradients = partial(
             forward_backward,
             trainee.step_module,
@@ -470,9 +498,10 @@ def train_epoch(
         if average is not None:
             average.update()
         schedule.step_update(first_step + step)  # the rate for the next step
-        images += len(targets)
+        images += len(targets) * ranks.count  # every rank's shard is as long
         if step % PROGRESS_EVERY == 0 or step == steps:
-            mean_loss = loss_sum.item() / step  # the host sync, once in a while
+            # The host sync, once in a while: the mean over every rank's steps.
+            mean_loss = ranks.total(loss_sum).item() / (step * ranks.count)
             if not math.isfinite(mean_loss):
                 return "nan", last
             speed = images / (time.perf_counter() - started)
@@ -515,14 +544,16 @@ def evaluate(
     model.eval()
     loss_sum = torch.zeros((), device=plan.device)
     correct = torch.zeros((), device=plan.device, dtype=torch.long)
-    count = 0
+    count = torch.zeros((), device=plan.device, dtype=torch.long)
+    stopped = False
     for inputs, targets in trainee.val_batches():
-        if control.should_stop():
-            return "user", math.nan, math.nan, refreshed_s
+        if control.stop_seen():  # ranks may see it a batch apart: they agree below
+            stopped = True
+            break
         logits = micro.run(
             partial(
                 eval_step,
-                trainee.step_module,
+                trainee.eval_module,
                 inputs,
                 plan.device,
                 plan.precision,
@@ -535,5 +566,11 @@ def evaluate(
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum")
         correct += (logits.argmax(dim=1) == targets).sum()
         count += len(targets)
-    loss, accuracy = loss_sum.item() / count, correct.item() / count
+    if control.ranks.any(stopped):
+        return "user", math.nan, math.nan, refreshed_s
+    # Each rank scored its share of the images: the sums over all of them.
+    loss_sum, correct, count = (
+        control.ranks.total(t) for t in (loss_sum, correct, count)
+    )
+    loss, accuracy = loss_sum.item() / count.item(), correct.item() / count.item()
     return (None if math.isfinite(loss) else "nan"), loss, accuracy, refreshed_s

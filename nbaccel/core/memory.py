@@ -115,8 +115,11 @@ class MicroBatches:
     """How many pieces a batch goes through the model in: 1 until a batch runs out of GPU
     memory, then twice as many each time (the loop's state, not the plan's)."""
 
-    def __init__(self, batch_size: int, device: torch.device) -> None:
+    def __init__(
+        self, batch_size: int, device: torch.device, may_split: bool = True
+    ) -> None:
         self.batch_size, self.device = batch_size, device
+        self.may_split = may_split  # False: out of memory fails (devices=N: ranks.py)
         self.count = 1
 
     def run(
@@ -140,7 +143,7 @@ class MicroBatches:
             try:
                 return attempt(self.count)
             except torch.cuda.OutOfMemoryError:
-                if math.ceil(size / self.count) <= 1:
+                if math.ceil(size / self.count) <= 1 or not self.may_split:
                     raise
             # Here, after the except block: its traceback held the failed step's
             # tensors, which the memory release could not have given back.

@@ -4,6 +4,8 @@ optimizer step."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from timm.scheduler import CosineLRScheduler
 from torch import nn
@@ -18,16 +20,19 @@ WEIGHT_DECAY = 0.01
 
 
 def resolve_learning_rates(
-    lr: object, pretrained: bool, backbone_trains: bool
+    lr: object, pretrained: bool, backbone_trains: bool, devices: int = 1
 ) -> tuple[float, float]:
     """(head lr, backbone lr), the same rate for both (as BiT fine-tunes): a backbone at a
     tenth of the head's rate adapted too slowly under a domain shift (ImageNet weights on
     scanned digits: val_acc 0.21 after two epochs against 0.89). "auto" is 1e-3 when
     pretrained layers train, 3e-3 when every weight that trains is new (random weights, or
-    the head alone on a frozen backbone)."""
+    the head alone on a frozen backbone), times the square root of `devices` (whose
+    batches add up to one `devices` times larger: the square-root rule for Adam, Malladi
+    et al. 2022); a number is used as given."""
     if lr != "auto":
         return float(lr), float(lr)  # type: ignore[arg-type]
     rate = FINE_TUNE_LR if pretrained and backbone_trains else FRESH_LR
+    rate *= math.sqrt(devices)
     return rate, rate
 
 

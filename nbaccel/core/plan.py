@@ -63,6 +63,8 @@ class Plan:
     fused: Decision
     # Checkpoints: the run directory (None: checkpoint=False), what its metadata says of
     # the plan (options, data, data config), and the checkpoint resumed from (resume.py).
+    # devices=N: N data-parallel processes (launch.py); 1: the training thread
+    devices: Decision = Decision("devices", 1, "devices=1: the training thread")
     run_directory: Optional[Path] = None
     checkpoint_meta: Optional[dict] = None
     resumed: Any = None

@@ -6,6 +6,8 @@ labels, probabilities = run.predict(["a.png", "b.png"])
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from nbaccel.core.data import IMAGE_EXTENSIONS, to_pil
+from nbaccel.core.events import TestScore
 from nbaccel.core.steps import eval_step
 
 PREDICT_BATCH = 64
@@ -101,3 +104,20 @@ def _image_files(folder: Path) -> list[Path]:
             "them, arrays or tensors"
         )
     return files
+
+
+def score_test(
+    model: nn.Module, test: Dataset, precision: str, best_epoch: int
+) -> TestScore:
+    """The test split scored with the best weights (`model` holds them by now). A file
+    that cannot be read is reported in the score, not as a failed run: the trained model
+    is the result, and it is kept."""
+    images = len(test)  # type: ignore[arg-type]
+    try:
+        loss, accuracy = score(model, test, precision)
+    except Exception as error:  # noqa: BLE001 - the run's weights are kept regardless
+        logging.getLogger(__name__).warning(
+            "the test split could not be scored: %s", error
+        )
+        return TestScore(best_epoch, images, math.nan, math.nan, str(error))
+    return TestScore(best_epoch, images, loss, accuracy)

@@ -20,6 +20,7 @@ from nbaccel.core.checkpoint import (
 )
 from nbaccel.core.compiling import check_compile
 from nbaccel.core.config import TrainConfig
+from nbaccel.core.decision import Decision
 from nbaccel.core.features import decide_feature_cache
 from nbaccel.core.layout import decide_channels_last
 from nbaccel.core.loaders import (
@@ -42,6 +43,7 @@ from nbaccel.core.model import (
 from nbaccel.core.optimizer import decide_fused, resolve_learning_rates
 from nbaccel.core.plan import Plan
 from nbaccel.core.precision import resolve_device
+from nbaccel.core.ranks import decide_devices
 from nbaccel.core.resume import (
     Resumed,
     check_same_data,
@@ -59,8 +61,14 @@ def prepare_plan(config: TrainConfig, resumed: Optional[Resumed] = None) -> Plan
         ValueError: a choice that does not fit the data, the model or this machine.
     """
     device = resolve_device(config.device)
+    devices = decide_devices(config.devices, device, str(config.device))
     precision, probe_precision = plan_precision(config.precision, device)
     check_compile(config.compile, device)
+    if devices.value > 1 and config.compile is True:
+        raise ValueError(
+            f"compile=True with devices={devices.value} is not supported yet: use "
+            "compile='auto' (the processes train uncompiled) or devices=1"
+        )
     sources = resolve_sources(config.data, config.val, config.seed)
     train, val = sources.train, sources.val
     fingerprint = data_fingerprint(config.data, train, val)
@@ -87,14 +95,22 @@ def prepare_plan(config: TrainConfig, resumed: Optional[Resumed] = None) -> Plan
     train_tf, eval_tf, data_config = create_transforms(
         model, config.image_size, augment
     )
-    feature_cache = decide_feature_cache(
-        config.cache,
-        model,
-        frozen_all,
-        augment,
-        len(train) + len(val),
-        data_config["input_size"],
-        device,
+    feature_cache = (
+        decide_feature_cache(
+            config.cache,
+            model,
+            frozen_all,
+            augment,
+            len(train) + len(val),
+            data_config["input_size"],
+            device,
+        )
+        if devices.value == 1
+        else Decision(
+            "feature cache",
+            False,
+            f"devices={devices.value}: each process runs the backbone on its own shard",
+        )
     )
     images = TransformedImages(train, train_tf), TransformedImages(val, eval_tf)
     image_cache = decide_image_cache(config.cache, images, feature_cache)
@@ -103,7 +119,7 @@ def prepare_plan(config: TrainConfig, resumed: Optional[Resumed] = None) -> Plan
     )
     batch_size, probe_batch = plan_batch_size(config.batch_size, device, len(train))
     head_lr, backbone_lr = resolve_learning_rates(
-        config.lr, pretrained, backbone_trains=not frozen_all
+        config.lr, pretrained, backbone_trains=not frozen_all, devices=devices.value
     )
     run_directory = plan_run_directory(config, model, resumed)
     return Plan(
@@ -146,6 +162,7 @@ def prepare_plan(config: TrainConfig, resumed: Optional[Resumed] = None) -> Plan
             config.channels_last, model, device, str(precision.value)
         ),
         fused=decide_fused(config.fused, device),
+        devices=devices,
     )
 
 

@@ -34,6 +34,7 @@ MAY_CHANGE = (
     "epochs",
     "stop",
     "device",
+    "devices",  # per-device batch kept: the effective batch and "auto" lr follow
     "cache",
     "compile",
     "channels_last",
@@ -186,7 +187,8 @@ def _merged_config(
     for spec in list_options():
         if spec.name in ("checkpoint", "checkpoint_dir", "resume"):
             continue
-        given, before = getattr(config, spec.name), saved[spec.name]
+        # An option newer than the checkpoint: the run had its default.
+        given, before = getattr(config, spec.name), saved.get(spec.name, spec.default)
         left_out = (
             spec.name not in names_given
             if names_given is not None

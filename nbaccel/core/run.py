@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import logging
-import math
+import multiprocessing
 import os
 import threading
 import traceback
@@ -20,16 +20,22 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
-from nbaccel.core.checkpoint import open_checkpointer
+from nbaccel.core.checkpoint import Checkpointer, open_checkpointer
 from nbaccel.core.config import TrainConfig
 from nbaccel.core.control import Control, interrupt_stops
 from nbaccel.core.decision import Decision
 from nbaccel.core.events import Event, RunEnded, RunStarted, Savings, TestScore
 from nbaccel.core.host_memory import give_back_freed_memory, keep_freed_memory
+from nbaccel.core.launch import (
+    RanksEnded,
+    check_can_start,
+    start_method,
+    train_on_ranks,
+)
 from nbaccel.core.loop import run_training
 from nbaccel.core.openmp import release_thread_pool
 from nbaccel.core.plan import Plan
-from nbaccel.core.predict import Predictions, predict, score
+from nbaccel.core.predict import Predictions, predict, score_test
 from nbaccel.core.publisher import Publisher
 from nbaccel.core.saving import export, save
 from nbaccel.core.timing import release
@@ -38,20 +44,6 @@ logger = logging.getLogger(__name__)
 
 # The one registry: the latest run started in this process.
 _current_run: Optional[Run] = None
-
-
-def score_test(plan: Plan, best_epoch: int) -> TestScore:
-    """The test split scored with the best weights (plan.model holds them by now). A file
-    that cannot be read is reported in the score, not as a failed run: the trained model
-    is the result, and it is kept."""
-    assert plan.test is not None
-    images = len(plan.test)  # type: ignore[arg-type]
-    try:
-        loss, accuracy = score(plan.model, plan.test, plan.precision)
-    except Exception as error:  # noqa: BLE001 - the run's weights are kept regardless
-        logger.warning("the test split could not be scored: %s", error)
-        return TestScore(best_epoch, images, math.nan, math.nan, str(error))
-    return TestScore(best_epoch, images, loss, accuracy)
 
 
 class TrainingFailed(RuntimeError):
@@ -77,6 +69,11 @@ class Run:
         )
         self._plan: Optional[Plan] = plan
         self._precision = plan.precision
+        self._start_method = "thread"
+        if plan.devices.value > 1:  # flags the processes share (launch.py says how)
+            self._start_method = start_method()
+            check_can_start(plan, self._start_method)
+            self._control = Control(multiprocessing.get_context(self._start_method))
         if plan.resumed is not None:  # the epochs so far, as they were published
             self._publisher.replay(list(plan.resumed.items))
 
@@ -359,28 +356,12 @@ class Run:
     def _train(self) -> None:
         plan, self._plan = self._plan, None  # the thread holds the only reference
         assert plan is not None
-        checkpoints = open_checkpointer(plan)
-        try:
-            with torch.enable_grad():
-                status, reason, best_epoch = run_training(
-                    plan, self._publisher.queue.put, self._control, checkpoints
-                )
-            # The run's clock: from the first step's set-up, paused time left out; the
-            # test split's scoring after it, as a baseline run would score it too.
-            elapsed = self._control.elapsed()
-            test = None
-            if plan.test is not None and best_epoch:  # finished, or stopped
-                test = score_test(plan, best_epoch)
-            ended = RunEnded(status, reason, best_epoch, elapsed, test=test)
-        except BaseException as error:  # noqa: BLE001 - everything becomes a failed run
-            ended = RunEnded(
-                "failed",
-                f"{type(error).__name__}: {error}",
-                None,
-                self._control.elapsed(),
-                traceback.format_exc(),
-            )
-            self._model = None
+        checkpoints = None
+        if plan.devices.value > 1:  # the processes write the checkpoints (rank 0)
+            ended = self._train_on_ranks(plan)
+        else:
+            checkpoints = open_checkpointer(plan)
+            ended = self._train_in_thread(plan, checkpoints)
         del plan  # the loaders and the plan's model reference go with it
         try:  # after the except block: its traceback held the failed step's tensors
             if ended.status == "stopped":
@@ -399,3 +380,58 @@ class Run:
                 except Exception:  # noqa: BLE001 - a full disk must not hide the end
                     logger.exception("nbaccel could not record the run's end")
             self._publisher.queue.put(ended)
+
+    def _train_in_thread(
+        self, plan: Plan, checkpoints: Optional[Checkpointer]
+    ) -> RunEnded:
+        """Trains here, on this thread; every failure becomes a failed RunEnded."""
+        try:
+            with torch.enable_grad():
+                status, reason, best_epoch = run_training(
+                    plan, self._publisher.queue.put, self._control, checkpoints
+                )
+            # The run's clock: from the first step's set-up, paused time left out; the
+            # test split's scoring after it, as a baseline run would score it too.
+            elapsed = self._control.elapsed()
+            test = None
+            if plan.test is not None and best_epoch:  # finished, or stopped
+                test = score_test(plan.model, plan.test, plan.precision, best_epoch)
+            return RunEnded(status, reason, best_epoch, elapsed, test=test)
+        except BaseException as error:  # noqa: BLE001 - everything becomes a failed run
+            self._model = None
+            return RunEnded(
+                "failed",
+                f"{type(error).__name__}: {error}",
+                None,
+                self._control.elapsed(),
+                traceback.format_exc(),
+            )
+
+    def _train_on_ranks(self, plan: Plan) -> RunEnded:
+        """devices=N: trains in N processes (launch.py), their events forwarded to the
+        publisher; the best weights come back into this process's model."""
+        try:
+            result = train_on_ranks(
+                plan,
+                run_training,
+                self._publisher.queue.put,
+                self._control,
+                self._start_method,
+            )
+        except BaseException as error:  # noqa: BLE001 - a process that could not start
+            result = RanksEnded(
+                RunEnded(
+                    "failed",
+                    f"{type(error).__name__}: {error}",
+                    None,
+                    self._control.elapsed(),
+                    traceback.format_exc(),
+                ),
+                None,
+            )
+        if result.best_weights is None:
+            self._model = None
+        elif self._model is not None:
+            self._model.load_state_dict(result.best_weights)
+            self._model.eval()
+        return result.ended

@@ -68,6 +68,7 @@ class SavingsTracker:
                 budget=started.epochs,
                 end_reason=end_reason,
                 acceleration=measured.acceleration,
+                devices=started.devices,
             )
         )
 
@@ -83,6 +84,7 @@ def estimate_savings(
     budget: int,
     acceleration: Acceleration,
     end_reason: Optional[str] = None,
+    devices: int = 1,
 ) -> Savings:
     """The savings after `history` and `elapsed_s`; `end_reason` is set once the run ended.
 
@@ -91,8 +93,13 @@ def estimate_savings(
     compute difference: reading data, Python and logging cost both the same, and the mean
     epoch measures them better than a few batches read at start-up (when a notebook is
     still busy drawing the panel).
+
+    With `devices` processes the baseline is still one device: its epoch has `devices`
+    times the steps (and validation batches) of one process's, and rank 0 timed its steps
+    alone. What the processes gain over that one device is the "devices" cause.
     """
-    cal, spe, run, acc = calibration, steps_per_epoch, len(history), acceleration
+    cal, run, acc = calibration, len(history), acceleration
+    spe, val_batches = steps_per_epoch * devices, val_batches * devices
     # The timed step difference is frozen layers and fused AdamW together; the latter is
     # timed on its own.
     optimizer_gain = spe * cal.optimizer_gain_s
@@ -131,9 +138,19 @@ def estimate_savings(
     elif acc.image_cache and run == 1:
         epochs = [epochs[0] - cache_gain]
     observed = sum(epochs) / len(epochs) if epochs else None
-    own = observed or calibrated
+    own = observed or calibrated / devices  # before an epoch: as if perfectly shared
+    # this run's epoch on one device (its timed steps) against its epoch on `devices`
+    devices_gain = calibrated - own if devices > 1 else 0.0
     # seconds per baseline epoch: what this run's epochs would take without each speed-up
-    baseline = own + cache_gain + compile_gain + frozen_gain + precision_gain - extras
+    baseline = (
+        own
+        + devices_gain
+        + cache_gain
+        + compile_gain
+        + frozen_gain
+        + precision_gain
+        - extras
+    )
     final = end_reason is not None
     by_user = end_reason == "user"  # epochs the user chose not to run are not a saving
     projected = run if by_user else budget  # baseline epochs to compare against
@@ -206,6 +223,15 @@ def estimate_savings(
         ),
         ("calibration", -cal.cost_s, "timing the baseline's steps and this run's"),
     ]
+    if devices > 1:
+        causes.append(
+            (
+                "devices",
+                counted * devices_gain,
+                f"{devices} processes: {own:.1f} s an epoch against {calibrated:.1f} s "
+                "on one device (its steps timed there); the baseline is one device",
+            )
+        )
     other = baseline_s - actual - sum(seconds for _, seconds, _ in causes)
     causes.append(("other", other, "set-up and the run's epochs against their mean"))
     source = (

@@ -104,7 +104,13 @@ def status_html(
         return "starting…"
     setup = (
         f"{html.escape(start.backbone)} ({html.escape(start.pretrained)}) on "
-        f"{start.device}, {start.precision} · {start.freeze_depth}/"
+        f"{start.device}"
+        + (
+            f" and {start.devices - 1} more ({start.devices} processes)"
+            if start.devices > 1
+            else ""
+        )
+        + f", {start.precision} · {start.freeze_depth}/"
         f"{len(start.layer_groups)} groups frozen, "
         f"{format_count(start.trainable_params)} of {format_count(start.total_params)} "
         f"parameters train · {start.train_images} train / {start.val_images} val"
