@@ -1,8 +1,6 @@
 """Writes notebooks/*.ipynb (sources only, no outputs): edit the cells here, then run
 `python scripts/make_notebooks.py` from the repository root."""
 
-import textwrap
-
 import nbformat
 from nbformat.v4 import new_code_cell as code
 from nbformat.v4 import new_markdown_cell as md
@@ -27,9 +25,13 @@ def write(name, cells):
 
 
 # --wait: the cell blocks until the source model is trained, its panel live meanwhile.
-source_cell = code("""low = nbaccel.datasets.digits(range(5))
-source = %fasttrain low --backbone resnet18 --pretrained no --image-size 32 --epochs 2 --stop none --wait
-source.save("digits0-4.pth")  # a weights file: --pretrained digits0-4.pth loads it""")
+# Trained once: a second run of the notebook (or time_saved after the quickstart) reuses it.
+source_cell = code("""from pathlib import Path
+
+if not Path("digits0-4.pth").exists():  # trained once, then reused
+    low = nbaccel.datasets.digits(range(5))
+    source = %fasttrain low --backbone resnet18 --pretrained no --image-size 32 --epochs 2 --stop none --wait
+    source.save("digits0-4.pth")  # a weights file: --pretrained digits0-4.pth loads it""")
 
 write(
     "quickstart",
@@ -42,7 +44,8 @@ offline on a CPU in about a minute.
 
 **About the weights.** Fine-tuning starts from pretrained weights. This notebook cannot
 download timm's hub weights (Binder and CI have no internet), so step 1 *pretrains a small
-source model on digits 0-4* and saves it; it stands in for hub weights. Step 2 fine-tunes it
+source model on digits 0-4* and saves it (once: delete digits0-4.pth to train it again); it
+stands in for hub weights. Step 2 fine-tunes it
 on digits 5-9. With internet access use `--pretrained yes` and a timm backbone such as
 `convnext_tiny` instead."""),
         code("""%load_ext nbaccel
@@ -98,11 +101,7 @@ As in the quickstart, a source model pretrained on digits 0-4 stands in for hub 
 import nbaccel
 
 target = nbaccel.datasets.digits(range(5, 10))"""),
-        code(
-            'from pathlib import Path\n\nif not Path("digits0-4.pth").exists():  '
-            "# the quickstart saved it; else trained here\n"
-            + textwrap.indent(source_cell.source, "    ")
-        ),
+        source_cell,
         md("""nbaccel's defaults on the transfer to digits 5-9, then the baseline; both are shown
 live, accuracy against wall time. For a pretrained backbone nbaccel freezes the early
 layers (low-level features), starts the new head at zero, re-estimates the BatchNorm

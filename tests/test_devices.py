@@ -4,7 +4,9 @@ behind."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -62,7 +64,11 @@ def two_classes(cache: Path) -> Path:
 def test_two_processes_train_the_whole_data_and_return_the_best_weights(
     digits_high, no_process_left
 ):
-    run = nbaccel.fasttrain(digits_high, epochs=2, stop="none", background=False, **TWO)
+    # bn_stats=False: each rank's BatchNorm statistics are its last batch's until rank 0's
+    # are shared before evaluating (ranks.share_buffers).
+    run = nbaccel.fasttrain(
+        digits_high, epochs=2, stop="none", bn_stats=False, background=False, **TWO
+    )
     started = run.events[0]
     assert isinstance(started, RunStarted) and started.devices == 2
     assert "devices: 2 (2 processes sharing" in " ".join(started.speedups)
@@ -176,6 +182,7 @@ def test_spawn_refuses_a_dataset_class_it_cannot_send(monkeypatch, no_process_le
         (dict(devices=0), "devices must be a whole number >= 1 or 'all', got 0"),
         (dict(devices=64), "devices=64 on a CPU with"),
         (dict(devices=2, compile=True), "compile=True with devices=2 is not supported"),
+        (dict(devices=2, cache=True), "cache=True with devices=2: each process would"),
         (dict(devices=2, device="cuda"), "this machine has no CUDA GPU"),
     ],
 )
@@ -258,3 +265,22 @@ def test_the_magic_takes_devices_and_unloading_ends_every_process(
     finally:
         shell.run_line_magic("unload_ext", "nbaccel")
     assert run.status == "stopped" and run.reason == "user"  # the fixture: no process
+
+
+def test_a_rank_killed_by_the_system_fails_the_run(digits_high, no_process_left):
+    run = nbaccel.fasttrain(digits_high, epochs=500, stop="none", **TWO)
+    wait_for(lambda: len(run.history) >= 1, timeout=120)
+    [rank1] = [p for p in multiprocessing.active_children() if p.name.endswith("-1")]
+    os.kill(rank1.pid, signal.SIGKILL)  # as the out-of-memory killer does
+    with pytest.raises(nbaccel.TrainingFailed, match="rank 1 exited with code -9"):
+        run.wait(timeout=60)
+    assert run.model is None
+
+
+def test_a_comparison_on_two_processes_measures_the_baseline_on_one(
+    two_classes, no_process_left
+):
+    comparison = nbaccel.compare(two_classes, epochs=1, **TWO)
+    comparison.wait(timeout=120)
+    assert comparison.accelerated.events[0].devices == 2
+    assert comparison.baseline.events[0].devices == 1

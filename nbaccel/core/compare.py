@@ -302,6 +302,7 @@ def prepare_comparison(
         channels_last=False,
         fused=False,
         checkpoint=False,  # a yardstick, not a run to go on with
+        devices=1,  # the baseline is one device (DESIGN.md), whatever devices= says
     )
     return Comparison(
         Run(config, accelerated), Run(baseline, prepare_plan(baseline)), target

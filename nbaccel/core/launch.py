@@ -45,6 +45,7 @@ import torch
 from nbaccel.core.checkpoint import open_checkpointer
 from nbaccel.core.control import Control
 from nbaccel.core.events import RunEnded, TestScore
+from nbaccel.core.loaders import unguarded_script
 from nbaccel.core.openmp import release_thread_pool
 from nbaccel.core.plan import Plan
 from nbaccel.core.predict import score_test
@@ -76,6 +77,13 @@ def check_can_start(plan: Plan, method: str) -> None:
     """
     if method == "fork":
         return
+    script = unguarded_script()
+    if script:
+        raise ValueError(
+            f"devices={plan.devices.value}: the processes start with spawn here and "
+            f"re-import the script {script}, which would train again; put its code under "
+            "`if __name__ == '__main__':`"
+        )
     try:
         pickle.dumps(plan)
     except Exception as error:  # noqa: BLE001 - pickle raises many kinds
@@ -118,7 +126,16 @@ def train_on_ranks(
     processes = [
         context.Process(
             target=_rank_main,
-            args=(sent, train, rank, count, str(rendezvous), inbox, control),
+            args=(
+                sent,
+                train,
+                rank,
+                count,
+                str(rendezvous),
+                inbox,
+                control,
+                os.getpid(),
+            ),
             name=f"nbaccel-rank-{rank}",
         )
         for rank in range(count)
@@ -156,27 +173,47 @@ def _next(
         kind, rank, payload = inbox.get(timeout=POLL_S)
     except queues.Empty:
         dead = [p for p in processes if p.exitcode not in (None, 0)]
-        if not dead:
+        if dead:  # killed without a word (out of memory, a signal): say which and how
+            rank = processes.index(dead[0])
+            reason = f"rank {rank} exited with code {dead[0].exitcode}"
+            text = (
+                f"{reason} without a traceback (killed by the system, out of memory?)"
+            )
+        elif all(p.exitcode is not None for p in processes):
+            reason = text = "every process exited without sending the run's end"
+        else:
             return None
-        # Killed without a word (out of memory, a signal): say which and how.
-        rank = processes.index(dead[0])
-        reason = f"rank {rank} exited with code {dead[0].exitcode}"
-        text = f"{reason} without a traceback (killed by the system, out of memory?)"
-        return RanksEnded(
-            RunEnded("failed", reason, None, control.elapsed(), text), None
-        )
+        ended = RunEnded("failed", reason, None, control.elapsed(), text)
+        return RanksEnded(ended, None)
     if kind == "event":
         emit(payload)
         return None
     if kind == "failed":
         reason, text = payload
-        ended = RunEnded(
-            "failed", f"rank {rank}: {reason}", None, control.elapsed(), text
-        )
+        reason = f"rank {rank}: {reason}"
+        killed = _killed(processes)
+        if killed is not None:  # the first cause: the others lost their peer
+            reason, text = killed, f"{killed}\n\nthen {reason}\n{text}"
+        ended = RunEnded("failed", reason, None, control.elapsed(), text)
         return RanksEnded(ended, None)
     ended, weights = payload  # on the CPU: this process need not set up CUDA
     best = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     return RanksEnded(ended, best)
+
+
+def _killed(processes: list, wait_s: float = 1.0) -> Optional[str]:
+    """A rank that the system killed (it exits non-zero: a rank that fails says so and
+    exits), looked for up to `wait_s` after another rank failed; None if none was."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        for rank, process in enumerate(processes):
+            if process.exitcode not in (None, 0):
+                return f"rank {rank} exited with code {process.exitcode}"
+        if time.monotonic() >= deadline or all(
+            p.exitcode is not None for p in processes
+        ):
+            return None
+        time.sleep(0.05)
 
 
 def _end_all(processes: list, patient: bool) -> None:
@@ -215,10 +252,14 @@ def _rank_main(
     rendezvous: str,
     outbox: Any,
     control: Control,
+    parent: int,
 ) -> None:
     """One rank: joins the process group, trains its shard, and (rank 0) sends the events,
     the run's end and the best weights. Any failure is sent with its traceback."""
-    _die_with_parent()
+    _die_with_parent(parent)
+    # The kernel's Interrupt reaches its whole process group: a rank ignores it. The
+    # run's Stop (which Ctrl-C on a run trained in the foreground also asks for) ends it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch.distributed as dist
 
     try:
@@ -264,17 +305,26 @@ def _train_rank(
         outbox.put(("event", rank, item))
 
     checkpoints = open_checkpointer(plan) if rank == 0 else None
-    status, reason, best_epoch = train(
-        plan, send if rank == 0 else _nowhere, control, checkpoints
-    )
-    elapsed = control.elapsed()
-    check_same_weights(plan.model, control.ranks)
-    test: Optional[TestScore] = None
-    if rank == 0 and plan.test is not None and best_epoch:
-        test = score_test(plan.model, plan.test, plan.precision, best_epoch)
-    ended = RunEnded(status, reason, best_epoch, elapsed, test=test)
-    if checkpoints is not None:
-        checkpoints.end(ended)
+    try:
+        status, reason, best_epoch = train(
+            plan, send if rank == 0 else _nowhere, control, checkpoints
+        )
+        elapsed = control.elapsed()
+        check_same_weights(plan.model, control.ranks)
+        test: Optional[TestScore] = None
+        if rank == 0 and plan.test is not None and best_epoch:
+            test = score_test(plan.model, plan.test, plan.precision, best_epoch)
+        ended = RunEnded(status, reason, best_epoch, elapsed, test=test)
+    except BaseException as error:
+        failed = f"{type(error).__name__}: {error}"
+        ended = RunEnded("failed", failed, None, control.elapsed(), "")
+        raise
+    finally:
+        if checkpoints is not None:  # how it ended, for load_run() and runs()
+            try:
+                checkpoints.end(ended)
+            except Exception:  # noqa: BLE001 - a full disk must not hide the end
+                logger.exception("nbaccel could not record the run's end")
     return ended
 
 
@@ -285,7 +335,9 @@ def check_same_weights(model: torch.nn.Module, ranks: ProcessGroupRanks) -> None
     Raises:
         RuntimeError: this rank's weights (or any other's) differ from rank 0's.
     """
-    state = {k: t for k, t in model.state_dict().items() if t.is_floating_point()}
+    # Parameters only: BatchNorm statistics re-estimated on a GPU may differ in the last
+    # bits between ranks (each picks its own kernels); the run keeps rank 0's.
+    state = dict(model.named_parameters())
     mine = torch.stack([t.detach().double().sum().cpu() for t in state.values()])
     differ = (mine != ranks.agree(mine)).tolist()
     if ranks.any(any(differ)):
@@ -301,11 +353,10 @@ def _nowhere(item: Any) -> None:
     """Ranks other than 0 publish nothing: their events are rank 0's, on another shard."""
 
 
-def _die_with_parent() -> None:
-    """This process ends when the notebook's does (a kernel shut down or killed), so that
-    no rank outlives it: on Linux the kernel sends SIGKILL when the thread that started it
-    ends; elsewhere a watchdog thread sees the parent change."""
-    parent = os.getppid()
+def _die_with_parent(parent: int) -> None:
+    """This process ends when the notebook's (`parent`) does, a kernel shut down or
+    killed, so that no rank outlives it: on Linux the kernel sends SIGKILL when the
+    thread that started it ends; elsewhere a watchdog thread sees the parent change."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)

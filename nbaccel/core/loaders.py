@@ -162,7 +162,7 @@ def decide_workers(
     in_notebook = (
         user_dataset is not None and type(user_dataset).__module__ == "__main__"
     )
-    unguarded = _unguarded_script()
+    unguarded = unguarded_script()
     if requested != "auto":
         if requested and in_notebook:
             raise ValueError(
@@ -214,7 +214,7 @@ def decide_workers(
     return Decision("workers", count, why)
 
 
-def _unguarded_script() -> Optional[str]:
+def unguarded_script() -> Optional[str]:
     """The main script's name when it lacks the `if __name__ == "__main__":` guard that
     spawned workers need (they import it); None in a notebook or an interactive session."""
     import __main__

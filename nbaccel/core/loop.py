@@ -149,8 +149,12 @@ def run_training(
         )
         schedule = create_schedule(optimizer, steps, plan.head_lr)
         scaler = create_grad_scaler(plan.device, plan.precision)
-        # Ranks must run the same collectives: no rank may split its batch alone.
+        # Ranks must run the same collectives: no rank may split its training batch
+        # alone. Evaluating has none, so there a rank splits what does not fit.
         micro = MicroBatches(plan.batch_size.value, plan.device, ranks.count == 1)
+        eval_micro = (
+            micro if ranks.count == 1 else MicroBatches(micro.batch_size, plan.device)
+        )
         average = (  # what each evaluation scores and the run keeps, when ema is on
             WeightAverage(optimizer, ema_decay(trainee.steps_per_epoch, steps))
             if plan.ema
@@ -182,11 +186,14 @@ def run_training(
                 emit,
                 control,
             )
+            # After its last step each rank's BatchNorm statistics are its own batch's
+            # (DDP shares rank 0's only before a forward): rank 0's for every rank.
+            ranks.share_buffers(model)
             if average is not None:  # what is scored and kept: the weights' average
                 average.swap()
             if not interrupted:
                 interrupted, val_loss, val_acc, refreshed_s = evaluate(
-                    model, trainee, micro, plan, control, emit, last, norm_sample
+                    model, trainee, eval_micro, plan, control, emit, last, norm_sample
                 )
             if interrupted:
                 reason = interrupted
@@ -379,6 +386,8 @@ def measure_baseline(
     leave idle meanwhile) and the others go on to wait for it in their first step."""
     if not plan.measure_baseline or control.ranks.rank != 0:
         return None
+    if control.ranks.count > 1:  # the bf16 probe ran beside the other ranks: time alone
+        timed = {}
     try:
         with every_core(control.ranks.count > 1 and plan.device.type == "cpu"):
             return calibrate(

@@ -43,7 +43,7 @@ from nbaccel.core.model import (
 from nbaccel.core.optimizer import decide_fused, resolve_learning_rates
 from nbaccel.core.plan import Plan
 from nbaccel.core.precision import resolve_device
-from nbaccel.core.ranks import decide_devices
+from nbaccel.core.ranks import decide_devices, share_workers
 from nbaccel.core.resume import (
     Resumed,
     check_same_data,
@@ -113,7 +113,20 @@ def prepare_plan(config: TrainConfig, resumed: Optional[Resumed] = None) -> Plan
         )
     )
     images = TransformedImages(train, train_tf), TransformedImages(val, eval_tf)
-    image_cache = decide_image_cache(config.cache, images, feature_cache)
+    if devices.value > 1 and config.cache is True:
+        raise ValueError(
+            f"cache=True with devices={devices.value}: each process would keep every "
+            "image (its shard changes each epoch); use cache='auto' (off) or devices=1"
+        )
+    image_cache = (
+        decide_image_cache(config.cache, images, feature_cache)
+        if devices.value == 1
+        else Decision(
+            "image cache",
+            False,
+            f"devices={devices.value}: each process reads a new shard each epoch",
+        )
+    )
     train_images, val_images = (
         TransformedImages(d.source, d.transform, image_cache.value) for d in images
     )
@@ -157,7 +170,11 @@ def prepare_plan(config: TrainConfig, resumed: Optional[Resumed] = None) -> Plan
         compile=config.compile,
         feature_cache=feature_cache,
         image_cache=image_cache,
-        workers=decide_workers(config.workers, train_images, device),
+        workers=share_workers(
+            decide_workers(config.workers, train_images, device),
+            devices.value,
+            config.workers == "auto",
+        ),
         channels_last=decide_channels_last(
             config.channels_last, model, device, str(precision.value)
         ),

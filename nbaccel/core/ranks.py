@@ -43,6 +43,9 @@ class Ranks:
         """What a training step calls: the model, or its DDP wrapper."""
         return model
 
+    def share_buffers(self, model: nn.Module) -> None:
+        """Rank 0's BatchNorm statistics (and other float buffers) on every rank."""
+
 
 ONE_PROCESS = Ranks()
 
@@ -51,17 +54,26 @@ class ProcessGroupRanks(Ranks):
     """This process's place in an initialised torch.distributed process group."""
 
     def __init__(self, rank: int, count: int, device: torch.device) -> None:
+        import torch.distributed as dist
+
         self.rank, self.count, self.device = rank, count, device
+        # Agreeing (every step) goes over gloo on the CPU: over NCCL each answer would
+        # wait for the GPU's queue to drain, a sync per step.
+        self._host = dist.new_group(backend="gloo") if device.type == "cuda" else None
 
     def agree(self, value: Any) -> Any:
         import torch.distributed as dist
 
         box = [value]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=self._host)
         return box[0]
 
     def any(self, flag: bool) -> bool:
-        return bool(self.total(torch.tensor(float(flag))).item())
+        import torch.distributed as dist
+
+        votes = torch.tensor(float(flag))
+        dist.all_reduce(votes, group=self._host)
+        return bool(votes.item())
 
     def total(self, tensor: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
@@ -70,6 +82,13 @@ class ProcessGroupRanks(Ranks):
         summed = tensor.detach().to(self._wire).clone()
         dist.all_reduce(summed)
         return summed.to(tensor.device)
+
+    def share_buffers(self, model: nn.Module) -> None:
+        import torch.distributed as dist
+
+        for buffer in model.buffers():
+            if buffer.is_floating_point():
+                dist.broadcast(buffer, src=0)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
@@ -158,3 +177,14 @@ def decide_devices(requested: Any, device: torch.device, asked_for: str) -> Deci
         "over gloo"
     )
     return Decision(name, count, why)
+
+
+def share_workers(workers: Decision, devices: int, auto: bool) -> Decision:
+    """workers="auto" counts the machine's cores for one process: with `devices`
+    processes each gets its share. A number asked for is each process's."""
+    if devices == 1 or not auto or not workers.value:
+        return workers
+    each = max(1, workers.value // devices)
+    return Decision(
+        "workers", each, f"{workers.why}, shared by {devices} processes: {each} each"
+    )

@@ -34,7 +34,6 @@ MAY_CHANGE = (
     "epochs",
     "stop",
     "device",
-    "devices",  # per-device batch kept: the effective batch and "auto" lr follow
     "cache",
     "compile",
     "channels_last",
