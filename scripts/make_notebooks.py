@@ -108,7 +108,7 @@ layers (low-level features), starts the new head at zero, re-estimates the Batch
 statistics before each evaluation, uses torch's fused AdamW, and on a CPU with bf16 times
 bf16 against fp32 and keeps the faster."""),
         code(
-            "cmp = %fasttrain target --backbone resnet18 --pretrained digits0-4.pth --image-size 32 --epochs 6 --compare"
+            "cmp = %fasttrain target --backbone resnet18 --pretrained digits0-4.pth --image-size 32 --epochs 5 --compare"
         ),
         md("""## The headline: time to the same accuracy
 

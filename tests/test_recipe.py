@@ -166,15 +166,19 @@ def test_threads_started_for_a_cpu_run_share_one_malloc_arena():
     """A training thread's own arena starts cold: its first epoch faulted its pages in
     again (host_memory.py). After keep_freed_memory() a new thread uses the main one."""
     arenas = {}
-    for mode in ("own", "shared"):
-        result = subprocess.run(
+    started = {  # side by side: each process counts only its own arenas
+        mode: subprocess.Popen(
             [sys.executable, "-c", ARENAS, mode],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=120,
         )
-        assert result.returncode == 0, result.stderr
-        arenas[mode] = result.stderr.count("Arena ")
+        for mode in ("own", "shared")
+    }
+    for mode, process in started.items():
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr
+        arenas[mode] = stderr.count("Arena ")
     assert arenas["own"] >= 2 and arenas["shared"] == 1, arenas
 
 
