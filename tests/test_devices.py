@@ -280,7 +280,8 @@ def test_a_rank_killed_by_the_system_fails_the_run(digits_high, no_process_left)
 def test_a_comparison_on_two_processes_measures_the_baseline_on_one(
     two_classes, no_process_left
 ):
-    comparison = nbaccel.compare(two_classes, epochs=1, **TWO)
-    comparison.wait(timeout=120)
-    assert comparison.accelerated.events[0].devices == 2
-    assert comparison.baseline.events[0].devices == 1
+    comparison = nbaccel.compare(two_classes, epochs=2, stop="none", **TWO)
+    comparison.wait(timeout=120)  # both in the background, one after the other
+    fast, baseline = comparison.accelerated, comparison.baseline
+    assert fast.events[0].devices == 2 and baseline.events[0].devices == 1
+    assert fast.status == "finished" and [r["epoch"] for r in fast.history] == [1, 2]
