@@ -19,6 +19,7 @@ from IPython.display import display
 
 from nbaccel.core import (
     Comparison,
+    Interpretation,
     Run,
     TrainConfig,
     current_run,
@@ -27,7 +28,7 @@ from nbaccel.core import (
     prepare_run,
 )
 from nbaccel.core.openmp import release_thread_pool
-from nbaccel.ui import ComparisonPanel, Panel
+from nbaccel.ui import ComparisonPanel, InterpretationView, Panel
 from nbaccel.ui.environment import CHART_BACKENDS
 
 
@@ -169,6 +170,11 @@ def release_openmp_after_cell(*_: Any) -> None:
         release_thread_pool()
 
 
+def show_interpretation(interp: Interpretation) -> None:
+    """run.interpret() as a cell's last line: its view (heatmaps, table, images)."""
+    display(InterpretationView(interp))
+
+
 def load_ipython_extension(shell: Any) -> None:
     """%load_ext nbaccel: registers %fasttrain and shows a Run as its panel. Idempotent."""
     _warn_about_broken_ipykernel()
@@ -179,6 +185,7 @@ def load_ipython_extension(shell: Any) -> None:
     formatter = shell.display_formatter.ipython_display_formatter
     formatter.for_type(Run, magics.display_run)
     formatter.for_type(Comparison, magics.display_run)
+    formatter.for_type(Interpretation, show_interpretation)
 
 
 def unload_ipython_extension(shell: Any) -> None:
@@ -191,6 +198,7 @@ def unload_ipython_extension(shell: Any) -> None:
     formatter = shell.display_formatter.ipython_display_formatter
     formatter.pop(Run, None)
     formatter.pop(Comparison, None)
+    formatter.pop(Interpretation, None)
     shell.magics_manager.magics["line"].pop("fasttrain", None)
     shell.magics_manager.registry.pop(FastTrainMagics.__name__, None)
 

@@ -77,6 +77,14 @@ labels, probabilities = run.predict(images)
 for path, label, p in zip(images, labels, probabilities.max(axis=1)):
     print(f"true {path.parent.name}  predicted {label}  ({p:.0%})")
 print(f"best epoch {run.best['epoch']}: val_acc {run.best['val_acc']:.3f}")"""),
+        md("""## 4. Where it is wrong
+
+`run.interpret()` scores the validation images with the best weights: the confusion matrix
+(counts, and each true class's share; click a cell to see its images), precision, recall
+and F1 per class, top-k accuracy, and the images with the highest loss. In code:
+`.confusion_matrix`, `.per_class`, `.top_k_accuracy(k)`, `.top_losses(k)`,
+`.cell(true, predicted)`."""),
+        code("run.interpret()"),
     ],
 )
 

@@ -14,6 +14,7 @@ from nbaccel.core.events import RunStarted as RunStarted
 from nbaccel.core.events import Savings as Savings
 from nbaccel.core.events import SavingsUpdated as SavingsUpdated
 from nbaccel.core.events import TestScore as TestScore
+from nbaccel.core.interpret import Interpretation as Interpretation
 from nbaccel.core.load_run import load_run as load_run
 from nbaccel.core.model import FreezeOption as FreezeOption
 from nbaccel.core.model import LayerGroup as LayerGroup
@@ -37,6 +38,7 @@ __all__ = [
     "EpochEnded",
     "Event",
     "FreezeOption",
+    "Interpretation",
     "LayerGroup",
     "OptionSpec",
     "LoadedModel",

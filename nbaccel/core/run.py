@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
+from timm.data import create_transform
 from torch import nn
 
 from nbaccel.core.checkpoint import Checkpointer, open_checkpointer
@@ -26,6 +27,7 @@ from nbaccel.core.control import Control, interrupt_stops
 from nbaccel.core.decision import Decision
 from nbaccel.core.events import Event, RunEnded, RunStarted, Savings, TestScore
 from nbaccel.core.host_memory import give_back_freed_memory, keep_freed_memory
+from nbaccel.core.interpret import Interpretation, interpret
 from nbaccel.core.launch import (
     RanksEnded,
     check_can_start,
@@ -38,6 +40,7 @@ from nbaccel.core.plan import Plan
 from nbaccel.core.predict import Predictions, predict, score_test
 from nbaccel.core.publisher import Publisher
 from nbaccel.core.saving import export, save
+from nbaccel.core.splits import resolve_sources
 from nbaccel.core.timing import release
 
 logger = logging.getLogger(__name__)
@@ -287,6 +290,22 @@ class Run:
         here = next(model.parameters()).device
         precision = self.precision if here == self._device else "fp32"
         return predict(model, images, self.class_names, self.data_config, precision)
+
+    def interpret(self) -> Interpretation:
+        """Where the model is wrong, on the validation images with the best weights:
+        `.confusion_matrix` (rows = true classes), `.per_class` (precision, recall, F1,
+        support), `.top_k_accuracy(k)`, `.top_losses(k)` and `.cell(true, predicted)`.
+        In a notebook it shows as a heatmap, a table and the top losses' images.
+
+        Raises:
+            RuntimeError: the run is still training, or failed (it has no model).
+        """
+        model = self._ended_model("interpret")
+        sources = resolve_sources(self.config.data, self.config.val, self.config.seed)
+        transform = create_transform(**self.data_config, is_training=False)
+        here = next(model.parameters()).device
+        precision = self.precision if here == self._device else "fp32"
+        return interpret(model, sources.val, transform, self.class_names, precision)
 
     def save(self, path: Union[str, os.PathLike]) -> Path:
         """Writes the best weights with the class names and data config; `nbaccel.load(path)`
