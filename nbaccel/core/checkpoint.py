@@ -206,12 +206,16 @@ class Checkpointer:
         self._commit(meta)
 
     def end(self, ended: ev.RunEnded) -> None:
-        """Records how the run ended in the last checkpoint (nothing if none was written)."""
+        """Records how the run ended in the last checkpoint (nothing if none was written).
+        A write that fails (a full disk) is logged: it must not hide how the run ended."""
         if not self.meta:
             return
         meta = dict(self.meta, ended=dataclasses.asdict(ended), items=self.items)
         meta["ended"]["traceback"] = None
-        self._commit(meta, rotate=False)
+        try:
+            self._commit(meta, rotate=False)
+        except Exception:  # noqa: BLE001 - the run's end is published regardless
+            logger.exception("nbaccel could not record the run's end")
 
     def _commit(self, meta: dict, rotate: bool = True) -> None:
         """Writes `meta` as the checkpoint; with `rotate`, the last one becomes the

@@ -107,6 +107,14 @@ class RunEnded:
     test: Optional[TestScore] = None  # the test split's score, when the data has one
 
 
+def failed_run(
+    error: BaseException, elapsed_s: float, traceback_text: str = ""
+) -> RunEnded:
+    """The end of a run that raised `error`: its type and message as the reason."""
+    reason = f"{type(error).__name__}: {error}"
+    return RunEnded("failed", reason, None, elapsed_s, traceback_text)
+
+
 # --- what the training thread measures before the first epoch ------------------------------
 
 

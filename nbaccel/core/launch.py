@@ -24,7 +24,6 @@ import contextlib
 import ctypes
 import datetime
 import io
-import logging
 import multiprocessing
 import os
 import pickle
@@ -44,14 +43,12 @@ import torch
 
 from nbaccel.core.checkpoint import open_checkpointer
 from nbaccel.core.control import Control
-from nbaccel.core.events import RunEnded, TestScore
+from nbaccel.core.events import RunEnded, TestScore, failed_run
 from nbaccel.core.loaders import unguarded_script
 from nbaccel.core.openmp import release_thread_pool
 from nbaccel.core.plan import Plan
 from nbaccel.core.predict import score_test
 from nbaccel.core.ranks import ProcessGroupRanks, cores
-
-logger = logging.getLogger(__name__)
 
 POLL_S = 0.1  # how often the notebook's thread looks at the processes between messages
 JOIN_S = 30.0  # how long processes that ended their run get to exit before a kill
@@ -189,8 +186,7 @@ def _next(
         emit(payload)
         return None
     if kind == "failed":
-        reason, text = payload
-        reason = f"rank {rank}: {reason}"
+        reason, text = f"rank {rank}: {payload.reason}", payload.traceback
         killed = _killed(processes)
         if killed is not None:  # the first cause: the others lost their peer
             reason, text = killed, f"{killed}\n\nthen {reason}\n{text}"
@@ -285,8 +281,8 @@ def _rank_main(
             torch.save(plan.model.state_dict(), weights)
             outbox.put(("ended", rank, (ended, weights.getvalue())))
     except BaseException as error:  # noqa: BLE001 - every failure reaches the notebook
-        failure = (f"{type(error).__name__}: {error}", traceback.format_exc())
-        outbox.put(("failed", rank, failure))
+        failed = failed_run(error, control.elapsed(), traceback.format_exc())
+        outbox.put(("failed", rank, failed))
     finally:
         if dist.is_initialized():
             with contextlib.suppress(Exception):
@@ -316,15 +312,11 @@ def _train_rank(
             test = score_test(plan.model, plan.test, plan.precision, best_epoch)
         ended = RunEnded(status, reason, best_epoch, elapsed, test=test)
     except BaseException as error:
-        failed = f"{type(error).__name__}: {error}"
-        ended = RunEnded("failed", failed, None, control.elapsed(), "")
+        ended = failed_run(error, control.elapsed())
         raise
     finally:
         if checkpoints is not None:  # how it ended, for load_run() and runs()
-            try:
-                checkpoints.end(ended)
-            except Exception:  # noqa: BLE001 - a full disk must not hide the end
-                logger.exception("nbaccel could not record the run's end")
+            checkpoints.end(ended)
     return ended
 
 

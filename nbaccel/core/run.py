@@ -25,7 +25,14 @@ from nbaccel.core.checkpoint import Checkpointer, open_checkpointer
 from nbaccel.core.config import TrainConfig
 from nbaccel.core.control import Control, interrupt_stops
 from nbaccel.core.decision import Decision
-from nbaccel.core.events import Event, RunEnded, RunStarted, Savings, TestScore
+from nbaccel.core.events import (
+    Event,
+    RunEnded,
+    RunStarted,
+    Savings,
+    TestScore,
+    failed_run,
+)
 from nbaccel.core.host_memory import give_back_freed_memory, keep_freed_memory
 from nbaccel.core.interpret import Interpretation, interpret
 from nbaccel.core.launch import (
@@ -394,10 +401,7 @@ class Run:
             logger.exception("nbaccel could not give the memory back after the run")
         finally:
             if checkpoints is not None:  # how it ended, for load_run() and runs()
-                try:
-                    checkpoints.end(ended)
-                except Exception:  # noqa: BLE001 - a full disk must not hide the end
-                    logger.exception("nbaccel could not record the run's end")
+                checkpoints.end(ended)
             self._publisher.queue.put(ended)
 
     def _train_in_thread(
@@ -418,13 +422,7 @@ class Run:
             return RunEnded(status, reason, best_epoch, elapsed, test=test)
         except BaseException as error:  # noqa: BLE001 - everything becomes a failed run
             self._model = None
-            return RunEnded(
-                "failed",
-                f"{type(error).__name__}: {error}",
-                None,
-                self._control.elapsed(),
-                traceback.format_exc(),
-            )
+            return failed_run(error, self._control.elapsed(), traceback.format_exc())
 
     def _train_on_ranks(self, plan: Plan) -> RunEnded:
         """devices=N: trains in N processes (launch.py), their events forwarded to the
@@ -438,15 +436,9 @@ class Run:
                 self._start_method,
             )
         except BaseException as error:  # noqa: BLE001 - a process that could not start
+            elapsed = self._control.elapsed()
             result = RanksEnded(
-                RunEnded(
-                    "failed",
-                    f"{type(error).__name__}: {error}",
-                    None,
-                    self._control.elapsed(),
-                    traceback.format_exc(),
-                ),
-                None,
+                failed_run(error, elapsed, traceback.format_exc()), None
             )
         if result.best_weights is None:
             self._model = None
