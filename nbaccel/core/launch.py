@@ -45,10 +45,10 @@ from nbaccel.core.checkpoint import open_checkpointer
 from nbaccel.core.control import Control
 from nbaccel.core.events import RunEnded, TestScore, failed_run
 from nbaccel.core.loaders import unguarded_script
-from nbaccel.core.openmp import release_thread_pool
+from nbaccel.core.openmp import cores, release_thread_pool
 from nbaccel.core.plan import Plan
 from nbaccel.core.predict import score_test
-from nbaccel.core.ranks import ProcessGroupRanks, cores
+from nbaccel.core.ranks import ProcessGroupRanks
 
 POLL_S = 0.1  # how often the notebook's thread looks at the processes between messages
 JOIN_S = 30.0  # how long processes that ended their run get to exit before a kill

@@ -22,6 +22,7 @@ from torchvision import transforms as T
 
 from nbaccel.core.data import ImageSource
 from nbaccel.core.decision import Decision
+from nbaccel.core.openmp import cores
 
 IMAGE_CACHE_BYTES = 2 * 1024**3  # decoded images kept in memory, train and val together
 WORKER_START_S = 2.0  # about what starting worker processes costs (each imports torch)
@@ -204,12 +205,7 @@ def decide_workers(
             f"reading an epoch takes ~{epoch_s:.1f} s here: less than starting workers"
         )
         return Decision("workers", 0, why)
-    cores = (
-        len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count()
-    )
-    count = max(0, min(MAX_WORKERS, (cores or 1) - 1))
+    count = max(0, min(MAX_WORKERS, cores() - 1))
     why = f"{count} workers (one core left for the training thread)"
     return Decision("workers", count, why)
 

@@ -15,6 +15,7 @@ at the main thread's speed.
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,13 @@ OMP_PAUSE_SOFT = 1  # omp_pause_resource_t: free the threads; keep nothing else 
 # GNU libgomp only: there the call frees the calling thread's pool alone (measured). LLVM's
 # libomp and Intel's libiomp5 pause the whole runtime, the training thread's pool with it.
 RUNTIMES = ("libgomp",)
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def release_thread_pool() -> bool:

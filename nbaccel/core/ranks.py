@@ -11,7 +11,6 @@ followed by all, so that no rank waits forever in a collective the others left.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from nbaccel.core.decision import Decision
+from nbaccel.core.openmp import cores
 
 
 class Ranks:
@@ -45,9 +45,6 @@ class Ranks:
 
     def share_buffers(self, model: nn.Module) -> None:
         """Rank 0's BatchNorm statistics (and other float buffers) on every rank."""
-
-
-ONE_PROCESS = Ranks()
 
 
 class ProcessGroupRanks(Ranks):
@@ -101,13 +98,6 @@ class ProcessGroupRanks(Ranks):
     @property
     def _wire(self) -> torch.device:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
-
-
-def cores() -> int:
-    """The cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 @contextlib.contextmanager
