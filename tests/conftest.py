@@ -56,6 +56,15 @@ def digits_high(cache: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained(digits_high: Path) -> nbaccel.Run:
+    """test_resnet trained 3 epochs on digits 5-9, ended: the run that the tests of a
+    result (predict, save, export, interpret) read and never change."""
+    return nbaccel.fasttrain(
+        digits_high, pretrained=False, epochs=3, stop="none", background=False, **SMALL
+    )
+
+
+@pytest.fixture(scope="session")
 def source_weights(cache: Path) -> Path:
     """test_resnet weights pretrained on digits 0-4, saved as a plain state dict."""
     low = nbaccel.datasets.digits(range(5), root=cache)

@@ -17,41 +17,34 @@ from tests.conftest import SMALL
 
 
 @pytest.fixture(scope="module")
-def run(digits_high):
-    return nbaccel.fasttrain(
-        digits_high, pretrained=False, epochs=3, stop="none", background=False, **SMALL
-    )
-
-
-@pytest.fixture(scope="module")
 def val_images(digits_high):
     paths = sorted((digits_high / "val").rglob("*.png"))
     return paths, [p.parent.name for p in paths]
 
 
-def test_predict_from_paths_matches_the_validation_accuracy(run, val_images):
+def test_predict_from_paths_matches_the_validation_accuracy(trained, val_images):
     paths, truth = val_images
-    labels, probabilities = run.predict(paths)
+    labels, probabilities = trained.predict(paths)
     assert probabilities.shape == (len(paths), 5)
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     accuracy = np.mean([a == b for a, b in zip(labels, truth)])
-    assert accuracy == pytest.approx(run.best["val_acc"], abs=1e-6)
+    assert accuracy == pytest.approx(trained.best["val_acc"], abs=1e-6)
 
 
 def test_predict_takes_arrays_tensors_a_folder_and_one_image(
-    run, val_images, digits_high
+    trained, val_images, digits_high
 ):
     paths, _ = val_images
     arrays = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths[:6]])
-    by_path = run.predict(paths[:6])
-    assert run.predict(arrays).labels == by_path.labels
+    by_path = trained.predict(paths[:6])
+    assert trained.predict(arrays).labels == by_path.labels
     tensors = torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 255
-    assert run.predict(tensors).labels == by_path.labels
-    assert run.predict(arrays[0]).labels == by_path.labels[:1]
+    assert trained.predict(tensors).labels == by_path.labels
+    assert trained.predict(arrays[0]).labels == by_path.labels[:1]
     folder = digits_high / "val" / "7"
-    assert len(run.predict(folder).labels) == len(list(folder.iterdir()))
+    assert len(trained.predict(folder).labels) == len(list(folder.iterdir()))
     with pytest.raises(ValueError, match="no image file at"):
-        run.predict(["missing.png"])
+        trained.predict(["missing.png"])
 
 
 def test_predict_refuses_a_run_still_training(digits_high):
@@ -63,17 +56,20 @@ def test_predict_refuses_a_run_still_training(digits_high):
     live.stop()
 
 
-def test_save_and_load_give_the_same_predictions(run, val_images, tmp_path):
+def test_save_and_load_give_the_same_predictions(trained, val_images, tmp_path):
     paths, _ = val_images
-    path = run.save(tmp_path / "digits.pth")
+    path = trained.save(tmp_path / "digits.pth")
     loaded = nbaccel.load(path)
     assert (
-        loaded.class_names == run.class_names and loaded.data_config == run.data_config
+        loaded.class_names == trained.class_names
+        and loaded.data_config == trained.data_config
     )
     transform = create_transform(**loaded.data_config, is_training=False)
     batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[:8]])
     with torch.no_grad():
-        assert torch.allclose(loaded.model(batch), run.model.eval()(batch), atol=1e-5)
+        assert torch.allclose(
+            loaded.model(batch), trained.model.eval()(batch), atol=1e-5
+        )
     # The checkpoint is also a weights file to fine-tune from.
     again = nbaccel.fasttrain(
         paths[0].parents[2], pretrained=path, freeze="all", epochs=1, **SMALL
@@ -85,13 +81,15 @@ def test_save_and_load_give_the_same_predictions(run, val_images, tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".onnx", ".pt", ".pt2"])
-def test_export_loads_back_with_the_model_outputs(run, val_images, tmp_path, suffix):
+def test_export_loads_back_with_the_model_outputs(
+    trained, val_images, tmp_path, suffix
+):
     paths, _ = val_images
-    path = run.export(tmp_path / f"digits{suffix}")
-    transform = create_transform(**run.data_config, is_training=False)
+    path = trained.export(tmp_path / f"digits{suffix}")
+    transform = create_transform(**trained.data_config, is_training=False)
     batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[:5]])
     with torch.no_grad():
-        expected = run.model.eval()(batch).cpu().numpy()
+        expected = trained.model.eval()(batch).cpu().numpy()
     if suffix == ".onnx":
         session = onnxruntime.InferenceSession(str(path))
         actual = session.run(None, {"images": batch.numpy()})[0]  # batch of 5: dynamic
@@ -104,6 +102,6 @@ def test_export_loads_back_with_the_model_outputs(run, val_images, tmp_path, suf
     assert np.allclose(actual, expected, rtol=1e-3, atol=1e-4)
 
 
-def test_export_refuses_an_unknown_extension(run, tmp_path):
+def test_export_refuses_an_unknown_extension(trained, tmp_path):
     with pytest.raises(ValueError, match="end the name with .onnx"):
-        run.export(tmp_path / "model.tflite")
+        trained.export(tmp_path / "model.tflite")

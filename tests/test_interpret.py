@@ -13,13 +13,6 @@ from tests.conftest import SMALL
 
 
 @pytest.fixture(scope="module")
-def trained(digits_high):
-    return nbaccel.fasttrain(
-        digits_high, pretrained=False, epochs=2, stop="none", background=False, **SMALL
-    )
-
-
-@pytest.fixture(scope="module")
 def interp(trained):
     return trained.interpret()
 
