@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the names below load on first use (PEP 562): see __getattr__
     from nbaccel import datasets as datasets
     from nbaccel.core import (
+        BatchPreview,
         Comparison,
         EpochEnded,
         Event,
@@ -90,6 +91,7 @@ def unload_ipython_extension(ipython):  # noqa: ANN001, ANN201 - IPython's hook
 
 
 __all__ = [
+    "BatchPreview",
     "Comparison",
     "EpochEnded",
     "Event",

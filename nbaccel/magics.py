@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
@@ -18,6 +18,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 from nbaccel.core import (
+    BatchPreview,
     Comparison,
     Interpretation,
     Run,
@@ -29,6 +30,7 @@ from nbaccel.core import (
 )
 from nbaccel.core.openmp import release_thread_pool
 from nbaccel.ui import ComparisonPanel, InterpretationView, Panel
+from nbaccel.ui.batch import show_batch
 from nbaccel.ui.environment import CHART_BACKENDS
 
 
@@ -175,6 +177,13 @@ def show_interpretation(interp: Interpretation) -> None:
     display(InterpretationView(interp))
 
 
+# What a result shows as when it is a cell's last line (registered by %load_ext).
+VIEWS: dict[type, Callable[[Any], None]] = {
+    Interpretation: show_interpretation,
+    BatchPreview: show_batch,
+}
+
+
 def load_ipython_extension(shell: Any) -> None:
     """%load_ext nbaccel: registers %fasttrain and shows a Run as its panel. Idempotent."""
     _warn_about_broken_ipykernel()
@@ -185,7 +194,8 @@ def load_ipython_extension(shell: Any) -> None:
     formatter = shell.display_formatter.ipython_display_formatter
     formatter.for_type(Run, magics.display_run)
     formatter.for_type(Comparison, magics.display_run)
-    formatter.for_type(Interpretation, show_interpretation)
+    for kind, view in VIEWS.items():
+        formatter.for_type(kind, view)
 
 
 def unload_ipython_extension(shell: Any) -> None:
@@ -198,7 +208,8 @@ def unload_ipython_extension(shell: Any) -> None:
     formatter = shell.display_formatter.ipython_display_formatter
     formatter.pop(Run, None)
     formatter.pop(Comparison, None)
-    formatter.pop(Interpretation, None)
+    for kind in VIEWS:
+        formatter.pop(kind, None)
     shell.magics_manager.magics["line"].pop("fasttrain", None)
     shell.magics_manager.registry.pop(FastTrainMagics.__name__, None)
 

@@ -77,13 +77,17 @@ labels, probabilities = run.predict(images)
 for path, label, p in zip(images, labels, probabilities.max(axis=1)):
     print(f"true {path.parent.name}  predicted {label}  ({p:.0%})")
 print(f"best epoch {run.best['epoch']}: val_acc {run.best['val_acc']:.3f}")"""),
-        md("""## 4. Where it is wrong
+        md("""## 4. What it saw, and where it is wrong
 
-`run.interpret()` scores the validation images with the best weights: the confusion matrix
+`run.show_batch()` shows training images exactly as the model was fed them (through the
+training transform, the normalisation undone), with their labels:"""),
+        code("run.show_batch(8)"),
+        md("""`run.interpret()` scores the validation images with the best weights: the confusion matrix
 (counts, and each true class's share; click a cell to see its images), precision, recall
 and F1 per class, top-k accuracy, and the images with the highest loss. In code:
 `.confusion_matrix`, `.per_class`, `.top_k_accuracy(k)`, `.top_losses(k)`,
-`.cell(true, predicted)`."""),
+`.cell(true, predicted)`. The run's panel above has both as sections too, made when
+opened."""),
         code("run.interpret()"),
     ],
 )

@@ -118,6 +118,8 @@ shutil.copytree(digits / "val", kaggle / "test", dirs_exist_ok=True)""",
     "comparison": "cmp = %fasttrain digits --backbone test_resnet --pretrained no "
     "--image-size 32 --epochs 2 --compare",
     "comparison-wait": "cmp.wait();",
+    "batch": "run.show_batch()",
+    "interpretation": "run.interpret()",
 }
 
 
@@ -219,9 +221,38 @@ def test_quickstart_panel_charts_and_stop_in_chromium(lab):
                     cell.scroll_into_view_if_needed()
                     page.wait_for_timeout(500)  # Plotly's last redraw
                     cell.screenshot(path=str(SCREENSHOTS / f"{view}.png"))
+                if name in ("batch", "interpretation"):
+                    cells.nth(index).locator("img").first.wait_for(timeout=60_000)
             texts = cells.nth(first + 2).inner_text()
             assert "finished (epochs)" in texts and "test_acc" in texts, texts
             assert "speedup at equal accuracy" in cells.nth(first + 3).inner_text()
+            batch = cells.nth(first + 5)
+            assert batch.locator("img").count() == 16, batch.inner_text()
+            batch.screenshot(path=str(SCREENSHOTS / "batch.png"))
+
+            # run.interpret(): a click on the heatmap's top-left cell (true 0, predicted
+            # 0) shows that cell's images below it.
+            interpretation = cells.nth(first + 6)
+            heatmap = interpretation.locator(".js-plotly-plot .nsewdrag").first
+            heatmap.wait_for(timeout=60_000)
+            box = heatmap.bounding_box()
+            page.mouse.click(box["x"] + box["width"] / 6, box["y"] + box["height"] / 6)
+            picked = interpretation.get_by_text("true 0, predicted 0")
+            picked.wait_for(timeout=30_000)
+            interpretation.scroll_into_view_if_needed()
+            page.wait_for_timeout(500)
+            interpretation.screenshot(path=str(SCREENSHOTS / "interpretation.png"))
+
+            # The finished run's panel: its batch and its interpretation, opened there.
+            finished = cells.nth(first + 2)
+            finished.get_by_text("where the model is wrong").click()
+            table = finished.locator("th", has_text="precision")  # the per-class table
+            table.wait_for(timeout=60_000)
+            finished.get_by_text("training batch").click()
+            finished.get_by_text("as the model sees them").wait_for(timeout=30_000)
+            finished.scroll_into_view_if_needed()
+            page.wait_for_timeout(500)
+            finished.screenshot(path=str(SCREENSHOTS / "finished-sections.png"))
         except BaseException:
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(

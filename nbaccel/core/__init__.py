@@ -21,6 +21,7 @@ from nbaccel.core.model import LayerGroup as LayerGroup
 from nbaccel.core.model import list_freeze_options as list_freeze_options
 from nbaccel.core.model import list_layer_groups as list_layer_groups
 from nbaccel.core.predict import Predictions as Predictions
+from nbaccel.core.preview import BatchPreview as BatchPreview
 from nbaccel.core.resume import SavedRun as SavedRun
 from nbaccel.core.resume import runs as runs
 from nbaccel.core.run import Run as Run
@@ -34,6 +35,7 @@ from nbaccel.core.start import start_run as start_run
 from nbaccel.core.stopping import parse_stop_rule as parse_stop_rule
 
 __all__ = [
+    "BatchPreview",
     "Comparison",
     "EpochEnded",
     "Event",

@@ -323,6 +323,13 @@ class TrainConfig:
         one_of(*AUGMENTS),
         choices=AUGMENTS,
     )
+    balance: str = option(
+        "auto",
+        "class imbalance: 'weights' weights the training loss by 1/class count, 'off' "
+        "never, 'auto' when the largest class has over 3x the smallest's images",
+        one_of("auto", "weights", "off"),
+        choices=("auto", "weights", "off"),
+    )
     baseline: str = option(
         "measure",
         "'measure' times a few baseline steps first, for run.savings; 'off' skips it",

@@ -47,6 +47,8 @@ class RunStarted:
     # data-parallel processes (devices=N), each with batch_size images per step and its
     # steps_per_epoch; 1: the training thread
     devices: int = 1
+    # class imbalance: "balance: class-weighted loss (why)" or "balance: off (why)"
+    balance: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,13 @@ class EpochEnded:
     epoch_s: float
     elapsed_s: float
     is_best: bool  # this epoch's weights are the best so far (and are kept)
+    # each class's recall on the validation images, in class_names' order (NaN: a
+    # class with no validation image); not a history column
+    class_recall: tuple[float, ...] = ()
 
     def as_row(self) -> dict:
         row = asdict(self)
-        del row["is_best"]
+        del row["is_best"], row["class_recall"]
         return row
 
 

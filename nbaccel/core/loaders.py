@@ -125,6 +125,11 @@ def create_transforms(
     config = resolve_model_data_config(model)
     if image_size is not None:
         config["input_size"] = (3, image_size, image_size)
+    return (*transforms_for(config, augment), config)
+
+
+def transforms_for(config: dict, augment: str) -> tuple[Any, Any]:
+    """(train transform, eval transform) for a resolved data config and augmentation."""
     common = dict(
         input_size=config["input_size"],
         interpolation=config["interpolation"],
@@ -135,7 +140,7 @@ def create_transforms(
         **common, crop_pct=config["crop_pct"], is_training=False
     )
     if augment == "none":
-        return eval_transform, eval_transform, config
+        return eval_transform, eval_transform
     train_transform = create_transform(
         **common,
         is_training=True,
@@ -143,7 +148,7 @@ def create_transforms(
         hflip=0.5 if augment == "flip" else 0.0,
         color_jitter=None,
     )
-    return train_transform, eval_transform, config
+    return train_transform, eval_transform
 
 
 def decide_workers(

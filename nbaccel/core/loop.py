@@ -192,7 +192,7 @@ def run_training(
             if average is not None:  # what is scored and kept: the weights' average
                 average.swap()
             if not interrupted:
-                interrupted, val_loss, val_acc, refreshed_s = evaluate(
+                interrupted, val_loss, val_acc, refreshed_s, recall = evaluate(
                     model, trainee, eval_micro, plan, control, emit, last, norm_sample
                 )
             if interrupted:
@@ -221,7 +221,7 @@ def run_training(
                 best_state, best_epoch = best_state_copy(model), epoch
             if average is not None:  # the trained weights back, to train on
                 average.swap()
-            emit(EpochEnded(**row, is_best=is_best))
+            emit(EpochEnded(**row, is_best=is_best, class_recall=recall))
             if checkpoints is not None:  # what is needed to go on from here
                 new_best = best_state if is_best else None
                 note = save_checkpoint(
@@ -345,6 +345,7 @@ def describe_start(
         plan.devices,
     )
     return dict(
+        balance=plan.balance.line(),
         backbone=plan.backbone,
         pretrained=plan.weights,
         device=str(plan.device),
@@ -487,6 +488,11 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
 
     ranks = control.ranks
+    class_weights = (  # balance.py: each image's loss weighted by its class
+        None
+        if plan.class_weights is None
+        else torch.tensor(plan.class_weights, device=plan.device)
+    )
     for step, (inputs, targets) in enumerate(trainee.train_batches(), start=1):
         halt = control.should_stop(time_limit)  # "user", "time" or None, on every rank
         if halt:
@@ -500,6 +506,7 @@ def train_epoch(
             plan.device,
             plan.precision,
             memory_format=trainee.memory_format,
+            class_weights=class_weights,
         )
         # Out of memory, only the forward and backward are repeated, in pieces.
         loss_sum += micro.run(gradients, on_split, clear_gradients, len(targets))
@@ -529,10 +536,10 @@ def evaluate(
     emit: Emit,
     last: Progress,
     norm_sample: list[torch.Tensor],
-) -> tuple[Optional[str], float, float, float]:
+) -> tuple[Optional[str], float, float, float, tuple[float, ...]]:
     """(interruption reason or None, mean loss, accuracy, seconds the BatchNorm
-    re-estimation took) on the validation data: "user" when a stop was asked for, "nan"
-    when the loss is not finite. `last` is the epoch's last Progress, repeated with a note
+    re-estimation took, each class's recall: NaN for a class with no image) on the
+    validation data: "user" when a stop was asked for, "nan" when the loss is not finite. `last` is the epoch's last Progress, repeated with a note
     if the validation batches must be split. The training BatchNorm layers' statistics
     are first re-estimated on `norm_sample`."""
 
@@ -554,6 +561,9 @@ def evaluate(
     loss_sum = torch.zeros((), device=plan.device)
     correct = torch.zeros((), device=plan.device, dtype=torch.long)
     count = torch.zeros((), device=plan.device, dtype=torch.long)
+    classes = len(plan.class_names)
+    seen = torch.zeros(classes, device=plan.device, dtype=torch.long)
+    found = torch.zeros(classes, device=plan.device, dtype=torch.long)
     stopped = False
     for inputs, targets in trainee.val_batches():
         if control.stop_seen():  # ranks may see it a batch apart: they agree below
@@ -573,13 +583,20 @@ def evaluate(
         )
         targets = targets.to(plan.device, non_blocking=True)
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum")
-        correct += (logits.argmax(dim=1) == targets).sum()
+        hits = logits.argmax(dim=1) == targets
+        correct += hits.sum()
         count += len(targets)
+        seen += torch.bincount(targets, minlength=classes)
+        found += torch.bincount(targets[hits], minlength=classes)
     if control.ranks.any(stopped):
-        return "user", math.nan, math.nan, refreshed_s
+        return "user", math.nan, math.nan, refreshed_s, ()
     # Each rank scored its share of the images: the sums over all of them.
-    loss_sum, correct, count = (
-        control.ranks.total(t) for t in (loss_sum, correct, count)
+    loss_sum, correct, count, seen, found = (
+        control.ranks.total(t) for t in (loss_sum, correct, count, seen, found)
     )
     loss, accuracy = loss_sum.item() / count.item(), correct.item() / count.item()
-    return (None if math.isfinite(loss) else "nan"), loss, accuracy, refreshed_s
+    recall = tuple(
+        f / n if n else math.nan for f, n in zip(found.tolist(), seen.tolist())
+    )
+    finite = math.isfinite(loss)
+    return (None if finite else "nan"), loss, accuracy, refreshed_s, recall

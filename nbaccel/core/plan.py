@@ -65,6 +65,9 @@ class Plan:
     # the plan (options, data, data config), and the checkpoint resumed from (resume.py).
     # devices=N: N data-parallel processes (launch.py); 1: the training thread
     devices: Decision = Decision("devices", 1, "devices=1: the training thread")
+    # class imbalance (balance.py): the decision, and the loss's weight per class or None
+    balance: Decision = Decision("balance", False, "not asked")
+    class_weights: Optional[tuple[float, ...]] = None
     run_directory: Optional[Path] = None
     checkpoint_meta: Optional[dict] = None
     resumed: Any = None

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from nbaccel.core.auto_precision import plan_precision
+from nbaccel.core.balance import decide_balance
 from nbaccel.core.checkpoint import (
     check_writable,
     checkpoint_bytes,
@@ -81,6 +82,9 @@ def prepare_plan(config: TrainConfig, resumed: Optional[Resumed] = None) -> Plan
             False if resumed else config.pretrained,
             len(train.class_names),
         )
+    balance, class_weights = decide_balance(
+        config.balance, train.labels, train.class_names
+    )
     pretrained = is_pretrained(config.pretrained)
     head_init = init_head(model, config.head_init, pretrained, len(train.class_names))
     if (
@@ -180,6 +184,8 @@ def prepare_plan(config: TrainConfig, resumed: Optional[Resumed] = None) -> Plan
         ),
         fused=decide_fused(config.fused, device),
         devices=devices,
+        balance=balance,
+        class_weights=class_weights,
     )
 
 

@@ -41,10 +41,12 @@ from nbaccel.core.launch import (
     start_method,
     train_on_ranks,
 )
+from nbaccel.core.loaders import TransformedImages, transforms_for
 from nbaccel.core.loop import run_training
 from nbaccel.core.openmp import release_thread_pool
 from nbaccel.core.plan import Plan
 from nbaccel.core.predict import Predictions, predict, score_test
+from nbaccel.core.preview import BatchPreview, preview_batch
 from nbaccel.core.publisher import Publisher
 from nbaccel.core.saving import export, save
 from nbaccel.core.splits import resolve_sources
@@ -78,6 +80,9 @@ class Run:
             config, plan.model, plan.class_names, plan.data_config, plan.device
         )
         self._plan: Optional[Plan] = plan
+        # What show_batch() reads: the training images and transform, without the cache.
+        self._training = TransformedImages(plan.train.source, plan.train.transform)
+        self._augment = plan.augment
         self._precision = plan.precision
         self._start_method = "thread"
         if plan.devices.value > 1:  # flags the processes share (launch.py says how)
@@ -101,6 +106,7 @@ class Run:
         run = cls.__new__(cls)
         run._set_up(config, model, class_names, data_config, torch.device(device))
         run._plan, run._started = None, True
+        run._training, run._augment = None, None  # rebuilt by show_batch() if asked
         run._precision = "fp32"
         run._publisher.replay(items)
         return run
@@ -313,6 +319,34 @@ class Run:
         here = next(model.parameters()).device
         precision = self.precision if here == self._device else "fp32"
         return interpret(model, sources.val, transform, self.class_names, precision)
+
+    def show_batch(self, count: int = 16, seed: int = 0) -> BatchPreview:
+        """`count` training images exactly as the model sees them: through the run's
+        training transform, augmentation included, then de-normalised; with their labels.
+        Works before, during and after training; `seed` picks other images and crops. In a
+        notebook it shows as a grid.
+
+        Raises:
+            ValueError: `count` is not a whole number >= 1.
+        """
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError(f"count must be a whole number >= 1, got {count!r}")
+        if self._training is None:  # a run read back from its checkpoint
+            started = next(e for e in self.events if isinstance(e, RunStarted))
+            sources = resolve_sources(
+                self.config.data, self.config.val, self.config.seed
+            )
+            transform = transforms_for(self.data_config, started.augment)[0]
+            self._training = TransformedImages(sources.train, transform)
+            self._augment = started.augment
+        return preview_batch(
+            self._training,
+            self.data_config["mean"],
+            self.data_config["std"],
+            str(self._augment),
+            count,
+            seed,
+        )
 
     def save(self, path: Union[str, os.PathLike]) -> Path:
         """Writes the best weights with the class names and data config; `nbaccel.load(path)`

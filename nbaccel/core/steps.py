@@ -29,17 +29,22 @@ def forward_backward(
     precision: str,
     micro_batches: int = 1,
     memory_format: torch.memory_format = torch.preserve_format,
+    class_weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Adds one batch's gradients to the parameters' `.grad`; returns its mean loss, still
     on the device. With `micro_batches` > 1 the batch goes through the model in that many
     pieces whose gradients add up (gradient accumulation): the same gradients in less
-    memory."""
+    memory. `class_weights` (on the device) weight each image's loss by its class
+    (balance.py); the mean is still over the batch's images."""
     total = torch.zeros((), device=device)
     for x, y in zip(inputs.chunk(micro_batches), targets.chunk(micro_batches)):
         x = x.to(device, non_blocking=True, memory_format=memory_format)
         y = y.to(device, non_blocking=True)
         with autocast(device, precision):
-            loss = F.cross_entropy(model(x), y) * (len(y) / len(targets))
+            losses = F.cross_entropy(model(x), y, reduction="none")
+            if class_weights is not None:
+                losses = losses * class_weights[y]
+            loss = losses.sum() / len(targets)
         scaler.scale(loss).backward()
         total += loss.detach()
     return total

@@ -97,9 +97,11 @@ def status_html(
     best: Optional[dict],
     stop_requested: bool,
     notes: Sequence[str] = (),
+    recall: Sequence[float] = (),
 ) -> str:
     """The status line: what is happening, the setup and speed-ups, the best epoch so
-    far, and any change of course (notes)."""
+    far (with its lowest per-class recall, from `recall`), a class-weighted loss, and any
+    change of course (notes)."""
     if start is None:
         return "starting…"
     setup = (
@@ -123,15 +125,20 @@ def status_html(
         setup += f" · <span title='{details}'>{html.escape(', '.join(used))}</span>"
     # What freeze="auto" chose and why (or the user's own depth), on a line of its own,
     # then any change of course.
-    below = f"<br><small>frozen: {html.escape(start.freeze_reason)}</small>" + "".join(
-        f"<br><i>{html.escape(note)}</i>" for note in notes
-    )
+    below = f"<br><small>frozen: {html.escape(start.freeze_reason)}</small>"
+    if start.balance and not start.balance.startswith("balance: off"):
+        below += f"<br><small>{html.escape(start.balance)}</small>"
+    below += "".join(f"<br><i>{html.escape(note)}</i>" for note in notes)
     best_text = (
         f" · best epoch {best['epoch']}: val_acc {best['val_acc']:.3f}, "
         f"val_loss {best['val_loss']:.4f}"
         if best
         else ""
     )
+    scored = [(r, name) for r, name in zip(recall, start.class_names) if r == r]
+    if best and scored:  # the class the best weights find hardest (NaN: no image)
+        lowest, name = min(scored)
+        best_text += f", lowest recall {lowest:.2f} (class {html.escape(name)})"
     if end is None:
         word = "stopping at the next step" if stop_requested else status
         return f"<b>{word}</b> · {setup}{best_text}{below}"

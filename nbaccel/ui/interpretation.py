@@ -8,9 +8,7 @@ the saved notebook.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from typing import Any, Optional
 
@@ -21,9 +19,9 @@ from plotly.subplots import make_subplots
 
 from nbaccel.core import Interpretation
 from nbaccel.ui.environment import prepare_charts
+from nbaccel.ui.gallery import cards_html
 
 GALLERY = 12  # images in the top-losses gallery, and at most per clicked cell
-THUMBNAIL = 96  # px, the longer side
 
 
 def create_interpretation_figure(interp: Interpretation) -> go.Figure:
@@ -95,32 +93,22 @@ def metrics_html(interp: Interpretation) -> str:
 
 
 def gallery_html(interp: Interpretation, rows: list[dict], title: str) -> str:
-    """Thumbnails (embedded, so they stay in the saved notebook) with true label,
-    prediction, its probability and the loss."""
+    """Thumbnails with true label, prediction, its probability and the loss."""
     if not rows:
         return f"<div><b>{html.escape(title)}</b>: none</div>"
-    cards = "".join(
-        "<figure style='display:inline-block;margin:4px;text-align:center;"
-        "font-size:11px'>"
-        f"<img src='data:image/png;base64,{thumbnail(interp, row['index'])}' "
-        f"style='image-rendering:pixelated;width:{THUMBNAIL}px'/>"
-        f"<figcaption>true {html.escape(row['label'])}<br>"
-        f"predicted {html.escape(row['predicted'])} ({row['probability']:.0%})<br>"
-        f"loss {row['loss']:.2f}</figcaption></figure>"
+    cards = (
+        (
+            interp.images.load(row["index"]),
+            [
+                f"true {row['label']}",
+                f"predicted {row['predicted']} ({row['probability']:.0%})",
+                f"loss {row['loss']:.2f}",
+            ],
+        )
         for row in rows[:GALLERY]
     )
     more = f" (the first {GALLERY} of {len(rows)})" if len(rows) > GALLERY else ""
-    return f"<div><b>{html.escape(title)}</b>{more}</div><div>{cards}</div>"
-
-
-def thumbnail(interp: Interpretation, index: int) -> str:
-    """One image as base64 PNG, its longer side THUMBNAIL px (small scans scaled up)."""
-    image = interp.images.load(index)
-    scale = THUMBNAIL / max(image.size)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    buffer = io.BytesIO()
-    image.resize(size).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+    return f"<div><b>{html.escape(title)}</b>{more}</div>{cards_html(cards)}"
 
 
 class InterpretationView:

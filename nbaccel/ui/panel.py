@@ -13,6 +13,7 @@ import ipywidgets as widgets
 from IPython.display import display
 
 from nbaccel.core import (
+    EpochEnded,
     Event,
     Progress,
     Run,
@@ -22,10 +23,13 @@ from nbaccel.core import (
     start_run,
 )
 from nbaccel.ui._format import format_seconds, savings_html, status_html
+from nbaccel.ui.batch import batch_html
 from nbaccel.ui.bridge import Bridge
 from nbaccel.ui.charts import ChartData, create_chart
 from nbaccel.ui.controls import Controls
 from nbaccel.ui.environment import prepare_charts
+from nbaccel.ui.interpretation import InterpretationView
+from nbaccel.ui.section import LazySection
 
 
 class Panel:
@@ -47,6 +51,7 @@ class Panel:
         defaults: Optional[dict] = None,
     ) -> None:
         backend, self._rate = prepare_charts(charts)
+        self._backend = backend
         if run is not None:
             config = run.config
             defaults = {
@@ -71,6 +76,10 @@ class Panel:
         self.message = widgets.HTML()  # a refused choice, in the API's words
         self.error = widgets.HTML(layout=widgets.Layout(display="none"))  # traceback
         self.chart = create_chart(backend)
+        # Opened on demand: the run's training images as the model sees them (from its
+        # start), and where the best weights go wrong (once it has ended).
+        self.batch = LazySection("training batch: what the model sees")
+        self.results = LazySection("where the model is wrong: validation images")
         choices = widgets.Accordion(children=[self.controls.widget])
         choices.set_title(0, "choices")
         choices.selected_index = None if run else 0
@@ -84,6 +93,8 @@ class Panel:
                 self.savings,
                 self.message,
                 self.error,
+                self.batch.widget,
+                self.results.widget,
                 choices,
             ]
         )
@@ -143,6 +154,8 @@ class Panel:
             self.widget.children = (*above, chart, choices)
         self.run = run
         self._reset()
+        self.batch.set_content(lambda: widgets.HTML(batch_html(run.show_batch())))
+        self.results.set_content(None)
         self._bridge = Bridge({"run": run}, self._update, self._rate)
 
     # --- the run's state, and onto the widgets -----------------------------------------
@@ -155,6 +168,7 @@ class Panel:
         self._progress: Optional[Progress] = None  # the latest, for the progress bar
         self._ended: Optional[RunEnded] = None
         self._notes: list[str] = []  # changes of course (Progress.note)
+        self._recall: dict[int, tuple[float, ...]] = {}  # per-class recall by epoch
         self._stop_requested = False
 
     def _update(self, events: list[tuple[str, Event]], redraw: bool) -> None:
@@ -168,9 +182,24 @@ class Panel:
                 self._started = event
             elif isinstance(event, Progress):
                 self._progress = event
+            elif isinstance(event, EpochEnded):
+                self._recall[event.epoch] = event.class_recall
             elif isinstance(event, RunEnded):
                 self._ended = event
+                if self.run is not None and event.best_epoch is not None:
+                    self.results.set_content(self._interpretation)
         self._render(redraw)
+
+    def _interpretation(self) -> Any:
+        """The ended run's interpretation view, as the panel's chart backend draws it."""
+        assert self.run is not None
+        view = InterpretationView(self.run.interpret(), charts=self._backend)
+        if view.widget is not None:
+            return view.widget
+        output = widgets.Output()  # the static view: its outputs, in the pane
+        with output:
+            display(view)
+        return output
 
     def _render(self, redraw: bool) -> None:
         status = self.run.status if self.run else "idle"
@@ -189,6 +218,7 @@ class Panel:
                 self.run.best,
                 self._stop_requested,
                 self._notes,
+                self._recall.get(self.run.best["epoch"], ()) if self.run.best else (),
             )
             if self.run
             else "Choose data and a backbone, then Start."
