@@ -66,6 +66,8 @@ class Plan:
     # devices=N: N data-parallel processes (launch.py); 1: the training thread
     devices: Decision = Decision("devices", 1, "devices=1: the training thread")
     run_directory: Optional[Path] = None
+    # Where the history goes as CSV and TensorBoard (history_log.py); None: nowhere
+    log_dir: Optional[Path] = None
     checkpoint_meta: Optional[dict] = None
     resumed: Any = None
 
