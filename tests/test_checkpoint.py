@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 from IPython.testing import globalipapp
+from torch.utils.tensorboard import SummaryWriter
 
 import nbaccel
 from nbaccel.core import checkpoint
 from nbaccel.core.checkpoint import read_checkpoint, write_atomic
 from nbaccel.ui import Panel
+from tests.test_history_log import assert_is_the_history
 
 ROOT = Path(__file__).resolve().parents[1]
 # 3 classes, 40 training and 10 validation images each: 3 steps an epoch, a second or so.
@@ -102,6 +104,12 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
         background=False,
         **TINY,
     )
+    # (#13) The killed session's history: a CSV and TensorBoard file with an epoch
+    # published before its checkpoint was committed (as if killed while writing it).
+    (saved / "history.csv").write_text("epoch,val_acc\n1,0.5\n2,0.5\n3,0.5\n")
+    with SummaryWriter(str(saved)) as writer:
+        for epoch in (1, 2, 3):
+            writer.add_scalar("val_acc", -1.0, epoch)
     shell = globalipapp.get_ipython()
     shell.run_line_magic("load_ext", "nbaccel")
     try:  # only the data and --resume: every other choice comes from the checkpoint
@@ -125,6 +133,9 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
         torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5)
     assert resumed.config.backbone == "test_resnet" and resumed.savings.final
     assert read_checkpoint(saved).epoch == EPOCHS  # it went on in the same directory
+    # (#13) its history on disk: each epoch once, in the CSV and in TensorBoard
+    assert resumed.log_dir == saved
+    assert_is_the_history(saved, resumed.history)
     assert len(list(saved.glob("state-*.pt"))) <= 2  # the last and the one before
 
 
@@ -140,6 +151,7 @@ def test_load_run_after_the_training_process_has_exited(saved, tiny_folder, tmp_
     assert listed.backbone == "test_resnet" and listed.data == str(tiny_folder)
     run = nbaccel.load_run(saved)
     assert (run.status, run.reason) == ("stopped", "interrupted")
+    assert run.log_dir == saved  # its history.csv (#13)
     assert [row["epoch"] for row in run.history] == [1, 2]
     assert run.best["val_acc"] == listed.best_val_acc
     assert run.savings is not None and run.savings.final

@@ -23,6 +23,7 @@ from nbaccel.core import ranks
 from nbaccel.core.events import EpochEnded, Progress, RunEnded, RunStarted
 from nbaccel.ui import panel_for
 from tests.conftest import SMALL, wait_for
+from tests.test_history_log import assert_is_the_history
 
 TWO = dict(SMALL, pretrained=False, devices=2, checkpoint=False)
 
@@ -62,12 +63,18 @@ def two_classes(cache: Path) -> Path:
 
 
 def test_two_processes_train_the_whole_data_and_return_the_best_weights(
-    digits_high, no_process_left
+    digits_high, no_process_left, tmp_path
 ):
     # bn_stats=False: each rank's BatchNorm statistics are its last batch's until rank 0's
     # are shared before evaluating (ranks.share_buffers).
     run = nbaccel.fasttrain(
-        digits_high, epochs=2, stop="none", bn_stats=False, background=False, **TWO
+        digits_high,
+        epochs=2,
+        stop="none",
+        bn_stats=False,
+        log_dir=str(tmp_path),
+        background=False,
+        **TWO,
     )
     started = run.events[0]
     assert isinstance(started, RunStarted) and started.devices == 2
@@ -88,6 +95,8 @@ def test_two_processes_train_the_whole_data_and_return_the_best_weights(
     # The baseline is one device; what the two processes gain is a cause of its own.
     causes = {name: how for name, _, how in run.savings.by_cause}
     assert "on one device" in causes["devices"]
+    # Rank 0's events reach the kernel's publisher, which writes the history (#13).
+    assert_is_the_history(tmp_path, run.history)
 
 
 def test_after_one_step_both_ranks_hold_the_same_weights(two_classes, no_process_left):

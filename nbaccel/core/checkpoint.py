@@ -234,7 +234,9 @@ class Checkpointer:
         it names, and the temporaries of writes killed mid-way (a lost Colab session)."""
         metas = (self.previous, self.meta)
         kept = {e["name"] for m in metas for e in m.get("files", {}).values()}
-        for path in [*self.directory.glob("*.pt"), *self.directory.glob(".*.tmp")]:
+        # Its own temporaries only: history.csv's (history_log.py) may be in flight.
+        own = ("*.pt", ".*.pt.*.tmp", ".checkpoint*.json.*.tmp")
+        for path in [p for pattern in own for p in self.directory.glob(pattern)]:
             if path.name not in kept:
                 with contextlib.suppress(OSError):
                     path.unlink()

@@ -302,6 +302,7 @@ def prepare_comparison(
         channels_last=False,
         fused=False,
         checkpoint=False,  # a yardstick, not a run to go on with
+        log_dir=None,  # nor a history to keep (log_dir is the accelerated run's)
         devices=1,  # the baseline is one device (DESIGN.md), whatever devices= says
     )
     return Comparison(

@@ -189,6 +189,12 @@ def _checkpoint_dir(name: str, value: Any) -> Optional[str]:
     return f"checkpoint_dir must be None (the default) or a folder path, got {value!r}"
 
 
+def _log_dir(name: str, value: Any) -> Optional[str]:
+    if value is None or (isinstance(value, (str, os.PathLike)) and str(value)):
+        return None
+    return f"log_dir must be None (the default) or a folder path, got {value!r}"
+
+
 def _resume(name: str, value: Any) -> Optional[str]:
     if value is None or value is True or isinstance(value, (str, os.PathLike)):
         return None
@@ -369,6 +375,14 @@ class TrainConfig:
         "where run directories go: None is $NBACCEL_CACHE/runs or ~/.cache/nbaccel/runs; "
         "on Colab a Drive folder outlives the session",
         _checkpoint_dir,
+        parse=parse_path,
+    )
+    log_dir: Optional[str] = option(
+        None,
+        "where the run's history goes, as history.csv and (with tensorboard installed) "
+        "TensorBoard scalars: None is the run directory (nothing with checkpoint=False); "
+        "a folder path: that folder, this run's",
+        _log_dir,
         parse=parse_path,
     )
     resume: Union[bool, str, None] = option(

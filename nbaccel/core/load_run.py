@@ -8,6 +8,7 @@ run.history, run.predict(images), run.export("model.onnx")
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Union
 
 import timm
@@ -15,6 +16,7 @@ import timm
 from nbaccel.core.checkpoint import item_from_dict, read_checkpoint
 from nbaccel.core.config import TrainConfig, list_options
 from nbaccel.core.events import RunEnded, TestScore
+from nbaccel.core.history_log import HISTORY_CSV
 from nbaccel.core.run import Run
 
 
@@ -31,7 +33,10 @@ def load_run(path: Union[str, os.PathLike]) -> Run:
     meta = checkpoint.meta
     plan = meta["plan"]
     class_names = tuple(plan["data"]["class_names"])
-    options = {spec.name: plan["config"][spec.name] for spec in list_options()}
+    saved = plan[
+        "config"
+    ]  # an option newer than the checkpoint: the run had its default
+    options = {spec.name: saved.get(spec.name, spec.default) for spec in list_options()}
     config = TrainConfig(data=plan["config"]["data"], **options)
     model = timm.create_model(
         config.backbone, pretrained=False, num_classes=len(class_names)
@@ -53,4 +58,8 @@ def load_run(path: Union[str, os.PathLike]) -> Run:
         for k, v in plan["data_config"].items()
     }
     device = next((i.device for i in items if hasattr(i, "device")), "cpu")
-    return Run._saved(config, model.eval(), class_names, data_config, device, items)
+    folder = Path(config.log_dir or checkpoint.directory).expanduser().absolute()
+    log_dir = folder if (folder / HISTORY_CSV).is_file() else None
+    return Run._saved(
+        config, model.eval(), class_names, data_config, device, items, log_dir
+    )

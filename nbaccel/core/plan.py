@@ -69,6 +69,8 @@ class Plan:
     balance: Decision = Decision("balance", False, "not asked")
     class_weights: Optional[tuple[float, ...]] = None
     run_directory: Optional[Path] = None
+    # Where the history goes as CSV and TensorBoard (history_log.py); None: nowhere
+    log_dir: Optional[Path] = None
     checkpoint_meta: Optional[dict] = None
     resumed: Any = None
 

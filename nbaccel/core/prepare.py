@@ -23,6 +23,7 @@ from nbaccel.core.compiling import check_compile
 from nbaccel.core.config import TrainConfig
 from nbaccel.core.decision import Decision
 from nbaccel.core.features import decide_feature_cache
+from nbaccel.core.history_log import plan_log_dir
 from nbaccel.core.layout import decide_channels_last
 from nbaccel.core.loaders import (
     TransformedImages,
@@ -141,6 +142,7 @@ def prepare_plan(config: TrainConfig, resumed: Optional[Resumed] = None) -> Plan
     run_directory = plan_run_directory(config, model, resumed)
     return Plan(
         run_directory=run_directory,
+        log_dir=plan_log_dir(config.log_dir, run_directory),
         checkpoint_meta=dict(
             config=plain_config(config), data=fingerprint, data_config=data_config
         ),

@@ -40,6 +40,7 @@ MAY_CHANGE = (
     "fused",
     "workers",
     "baseline",
+    "log_dir",
     "checkpoint",
     "checkpoint_dir",
     "resume",

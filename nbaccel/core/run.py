@@ -33,6 +33,7 @@ from nbaccel.core.events import (
     TestScore,
     failed_run,
 )
+from nbaccel.core.history_log import HistoryLog
 from nbaccel.core.host_memory import give_back_freed_memory, keep_freed_memory
 from nbaccel.core.interpret import Interpretation, interpret
 from nbaccel.core.launch import (
@@ -84,6 +85,7 @@ class Run:
         self._training = TransformedImages(plan.train.source, plan.train.transform)
         self._augment = plan.augment
         self._precision = plan.precision
+        self._log_dir = plan.log_dir
         self._start_method = "thread"
         if plan.devices.value > 1:  # flags the processes share (launch.py says how)
             self._start_method = start_method()
@@ -101,12 +103,14 @@ class Run:
         data_config: dict,
         device: str,
         items: list,
+        log_dir: Optional[Path] = None,
     ) -> Run:
         """An ended run read back from its checkpoint (nbaccel.load_run)."""
         run = cls.__new__(cls)
         run._set_up(config, model, class_names, data_config, torch.device(device))
         run._plan, run._started = None, True
         run._training, run._augment = None, None  # rebuilt by show_batch() if asked
+        run._log_dir = log_dir
         run._precision = "fp32"
         run._publisher.replay(items)
         return run
@@ -159,6 +163,10 @@ class Run:
             self._context = contextvars.copy_context()  # as it is now
             if self._device.type == "cpu":  # before the threads start: host_memory.py
                 keep_freed_memory()
+            if self._log_dir is not None:  # a resumed run's epochs first (replayed)
+                log = HistoryLog(self._log_dir, lambda: self.history)
+                self._publisher.subscribe(log)
+                logger.info("nbaccel writes the run's history to %s", self._log_dir)
             self._publisher.start()
             if background:
                 if self._device.type == "cpu":  # one OpenMP pool: openmp.py says why
@@ -233,6 +241,14 @@ class Run:
         epoch_s, elapsed_s; the best epoch's also test_loss and test_acc once the run has
         scored a test split."""
         return [dict(row) for row in list(self._publisher.history)]
+
+    @property
+    def log_dir(self) -> Optional[Path]:
+        """The folder the history is written to: `history.csv` after each epoch (read it
+        with pandas.read_csv) and, with tensorboard installed, TensorBoard's event file
+        (`tensorboard --logdir` it): the log_dir option, else the run directory; None
+        with checkpoint=False and no log_dir (and for a loaded run without the file)."""
+        return self._log_dir
 
     @property
     def best(self) -> Optional[dict]:
