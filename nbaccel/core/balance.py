@@ -15,7 +15,7 @@ import numpy as np
 
 from nbaccel.core.decision import Decision
 
-IMBALANCE_RATIO = 3.0  # largest / smallest class above which "auto" weights the loss
+IMBALANCE_RATIO = 5.0  # largest / smallest class above which "auto" weights the loss
 
 
 def class_counts(labels: np.ndarray, classes: int) -> np.ndarray:

@@ -332,7 +332,7 @@ class TrainConfig:
     balance: str = option(
         "auto",
         "class imbalance: 'weights' weights the training loss by 1/class count, 'off' "
-        "never, 'auto' when the largest class has over 3x the smallest's images",
+        "never, 'auto' when the largest class has over 5x the smallest's images",
         one_of("auto", "weights", "off"),
         choices=("auto", "weights", "off"),
     )
