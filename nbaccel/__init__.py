@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the names below load on first use (PEP 562): see __getattr__
     from nbaccel import datasets as datasets
     from nbaccel.core import (
+        Audit,
         Comparison,
         EpochEnded,
         Event,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # the names below load on first use (PEP 562): see __getattr_
         TestScore,
         TrainConfig,
         TrainingFailed,
+        audit,
         compare,
         current_run,
         fasttrain,
@@ -90,6 +92,7 @@ def unload_ipython_extension(ipython):  # noqa: ANN001, ANN201 - IPython's hook
 
 
 __all__ = [
+    "Audit",
     "Comparison",
     "EpochEnded",
     "Event",
@@ -109,6 +112,7 @@ __all__ = [
     "TestScore",
     "TrainConfig",
     "TrainingFailed",
+    "audit",
     "compare",
     "current_run",
     "datasets",

@@ -18,6 +18,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 from nbaccel.core import (
+    Audit,
     Comparison,
     Interpretation,
     Run,
@@ -28,7 +29,7 @@ from nbaccel.core import (
     prepare_run,
 )
 from nbaccel.core.openmp import release_thread_pool
-from nbaccel.ui import ComparisonPanel, InterpretationView, Panel
+from nbaccel.ui import AuditView, ComparisonPanel, InterpretationView, Panel
 from nbaccel.ui.environment import CHART_BACKENDS
 
 
@@ -175,6 +176,11 @@ def show_interpretation(interp: Interpretation) -> None:
     display(InterpretationView(interp))
 
 
+def show_audit(audit: Audit) -> None:
+    """nbaccel.audit(...) or run.audit() as a cell's last line: its view (thumbnails)."""
+    display(AuditView(audit))
+
+
 def load_ipython_extension(shell: Any) -> None:
     """%load_ext nbaccel: registers %fasttrain and shows a Run as its panel. Idempotent."""
     _warn_about_broken_ipykernel()
@@ -186,6 +192,7 @@ def load_ipython_extension(shell: Any) -> None:
     formatter.for_type(Run, magics.display_run)
     formatter.for_type(Comparison, magics.display_run)
     formatter.for_type(Interpretation, show_interpretation)
+    formatter.for_type(Audit, show_audit)
 
 
 def unload_ipython_extension(shell: Any) -> None:
@@ -199,6 +206,7 @@ def unload_ipython_extension(shell: Any) -> None:
     formatter.pop(Run, None)
     formatter.pop(Comparison, None)
     formatter.pop(Interpretation, None)
+    formatter.pop(Audit, None)
     shell.magics_manager.magics["line"].pop("fasttrain", None)
     shell.magics_manager.registry.pop(FastTrainMagics.__name__, None)
 

@@ -115,7 +115,11 @@ def gallery_html(interp: Interpretation, rows: list[dict], title: str) -> str:
 
 def thumbnail(interp: Interpretation, index: int) -> str:
     """One image as base64 PNG, its longer side THUMBNAIL px (small scans scaled up)."""
-    image = interp.images.load(index)
+    return encode_thumbnail(interp.images.load(index))
+
+
+def encode_thumbnail(image: Any) -> str:
+    """A PIL image as base64 PNG, its longer side THUMBNAIL px."""
     scale = THUMBNAIL / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     buffer = io.BytesIO()
