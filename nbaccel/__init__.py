@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the names below load on first use (PEP 562): see __getattr__
     from nbaccel import datasets as datasets
     from nbaccel.core import (
+        Audit,
         BatchPreview,
         Comparison,
         EpochEnded,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # the names below load on first use (PEP 562): see __getattr_
         TestScore,
         TrainConfig,
         TrainingFailed,
+        audit,
         compare,
         current_run,
         fasttrain,
@@ -91,6 +93,7 @@ def unload_ipython_extension(ipython):  # noqa: ANN001, ANN201 - IPython's hook
 
 
 __all__ = [
+    "Audit",
     "BatchPreview",
     "Comparison",
     "EpochEnded",
@@ -111,6 +114,7 @@ __all__ = [
     "TestScore",
     "TrainConfig",
     "TrainingFailed",
+    "audit",
     "compare",
     "current_run",
     "datasets",

@@ -138,3 +138,73 @@ def efficientnet_lite0(root: Union[str, os.PathLike, None] = None) -> Path:
     torch.save(dict(zip(names, source.values())), staging)
     staging.replace(target)  # atomic: a reader never sees half a file
     return target
+
+
+def digits_with_faults(
+    root: Union[str, os.PathLike],
+    seed: int = 0,
+    classes: Optional[Iterable[int]] = None,
+) -> tuple[Path, dict]:
+    """The digits folder (train/ and val/) with known faults, to try `nbaccel.audit` on:
+    20 exact copies within train/, 10 copies of train images in val/ (5 byte for byte, 5
+    re-encoded as JPEG at quality 95), 20 images moved to another digit's folder, 5 unreadable
+    files and 5 noise images.
+
+    Args:
+        root: an empty or missing folder to write into (the folder is `root`/faulty-digits).
+        seed: chooses the images.
+        classes: the digits to keep, as for digits().
+
+    Returns:
+        (the folder, the faults: "exact_duplicates" and "leakage" as (original, copy) path
+        pairs, "mislabels" and "corrupt" and "outliers" as paths).
+    """
+    from PIL import Image
+
+    clean = digits(classes, root=Path(root).expanduser())
+    target = Path(root).expanduser() / "faulty-digits"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(clean, target)
+    rng = np.random.default_rng(seed)
+    train = sorted((target / "train").rglob("*.png"))
+    chosen = [train[i] for i in rng.choice(len(train), 45, replace=False)]
+    faults: dict[str, list] = {
+        name: [] for name in ("exact_duplicates", "leakage", "mislabels")
+    }
+    for path in chosen[:20]:  # exact copies, beside the original
+        copy = path.with_name(f"copy-{path.name}")
+        shutil.copyfile(path, copy)
+        faults["exact_duplicates"].append((path, copy))
+    for n, path in enumerate(chosen[20:30]):  # train images again in val/
+        copy = target / "val" / path.parent.name / f"leak-{path.name}"
+        if n < 5:
+            shutil.copyfile(path, copy)
+        else:  # the same scan re-encoded (as a re-upload would be): other pixels
+            copy = copy.with_suffix(".jpg")
+            with Image.open(path) as image:
+                image.convert("RGB").save(copy, quality=95)
+        faults["leakage"].append((path, copy))
+    names = sorted(p.name for p in (target / "train").iterdir())
+    for path in chosen[30:45] + _pick(rng, sorted((target / "val").rglob("*.png")), 5):
+        wrong = rng.choice([n for n in names if n != path.parent.name])
+        moved = path.parent.parent / str(wrong) / path.name
+        path.rename(moved)
+        faults["mislabels"].append(moved)
+    faults["corrupt"] = []
+    for n in range(5):  # garbage, and PNGs cut short
+        broken = target / "train" / names[n] / f"broken-{n}.png"
+        whole = next((clean / "train" / names[n]).glob("*.png")).read_bytes()
+        broken.write_bytes(b"not an image" if n < 3 else whole[:40])
+        faults["corrupt"].append(broken)
+    faults["outliers"] = []
+    for n in range(5):  # noise, filed under a digit
+        noise = target / "train" / names[-1 - n] / f"noise-{n}.png"
+        pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(noise)
+        faults["outliers"].append(noise)
+    return target, faults
+
+
+def _pick(rng: np.random.Generator, paths: list, count: int) -> list:
+    return [paths[i] for i in rng.choice(len(paths), count, replace=False)]

@@ -18,6 +18,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 from nbaccel.core import (
+    Audit,
     BatchPreview,
     Comparison,
     Interpretation,
@@ -29,7 +30,7 @@ from nbaccel.core import (
     prepare_run,
 )
 from nbaccel.core.openmp import release_thread_pool
-from nbaccel.ui import ComparisonPanel, InterpretationView, Panel
+from nbaccel.ui import AuditView, ComparisonPanel, InterpretationView, Panel
 from nbaccel.ui.batch import show_batch
 from nbaccel.ui.environment import CHART_BACKENDS
 
@@ -177,10 +178,16 @@ def show_interpretation(interp: Interpretation) -> None:
     display(InterpretationView(interp))
 
 
+def show_audit(audit: Audit) -> None:
+    """nbaccel.audit(...) or run.audit() as a cell's last line: its view (thumbnails)."""
+    display(AuditView(audit))
+
+
 # What a result shows as when it is a cell's last line (registered by %load_ext).
 VIEWS: dict[type, Callable[[Any], None]] = {
     Interpretation: show_interpretation,
     BatchPreview: show_batch,
+    Audit: show_audit,
 }
 
 

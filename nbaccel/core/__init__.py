@@ -1,5 +1,7 @@
 """The training engine. Imports torch and timm only: no IPython, ipywidgets or plotly."""
 
+from nbaccel.core.auditing import Audit as Audit
+from nbaccel.core.auditing import audit as audit
 from nbaccel.core.compare import Comparison as Comparison
 from nbaccel.core.compare import compare as compare
 from nbaccel.core.compare import prepare_comparison as prepare_comparison
@@ -35,6 +37,7 @@ from nbaccel.core.start import start_run as start_run
 from nbaccel.core.stopping import parse_stop_rule as parse_stop_rule
 
 __all__ = [
+    "Audit",
     "BatchPreview",
     "Comparison",
     "EpochEnded",
@@ -55,6 +58,7 @@ __all__ = [
     "TestScore",
     "TrainConfig",
     "TrainingFailed",
+    "audit",
     "compare",
     "current_run",
     "fasttrain",

@@ -21,6 +21,7 @@ import torch
 from timm.data import create_transform
 from torch import nn
 
+from nbaccel.core.auditing import Audit, audit_sources
 from nbaccel.core.checkpoint import Checkpointer, open_checkpointer
 from nbaccel.core.config import TrainConfig
 from nbaccel.core.control import Control, interrupt_stops
@@ -362,6 +363,22 @@ class Run:
             str(self._augment),
             count,
             seed,
+        )
+
+    def audit(self, near_duplicate: float = 0.98) -> Audit:
+        """The data audit (nbaccel.audit) of the run's data with the trained model: its
+        pooled features place the images, and its predictions add a vote on each label
+        (another label at 0.9 or more flags an image). Train, val and test images alike;
+        the model is only read (left in eval mode, where an ended run's model is).
+
+        Raises:
+            RuntimeError: the run is still training, or failed (it has no model).
+        """
+        model = self._ended_model("audit")
+        sources = resolve_sources(self.config.data, self.config.val, self.config.seed)
+        transform = create_transform(**self.data_config, is_training=False)
+        return audit_sources(
+            model, sources, transform, self.config.backbone, True, near_duplicate
         )
 
     def save(self, path: Union[str, os.PathLike]) -> Path:

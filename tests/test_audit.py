@@ -1,0 +1,100 @@
+"""nbaccel.audit() and run.audit() (#13): on the digits with injected faults, the audit finds
+at least 90% of the exact duplicates, train/val duplicates and wrong labels with fewer than
+10% false alarms; unreadable files are listed, not fatal; the view renders in both backends."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+import nbaccel
+from benchmarks.audit_faults import score
+from nbaccel.ui import AuditView
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory):
+    return nbaccel.datasets.digits_with_faults(tmp_path_factory.mktemp("faults"))
+
+
+@pytest.fixture(scope="module")
+def found(faulty, source_weights):
+    folder, _ = faulty
+    # test_resnet from digits 0-4 packs distinct digits up to cosine 0.9989 (a re-encoded
+    # copy: 0.9998 and more), so its near-duplicate threshold is higher than the default.
+    return nbaccel.audit(
+        folder,
+        backbone="test_resnet",
+        pretrained=source_weights,
+        image_size=32,
+        near_duplicate=0.9995,
+    )
+
+
+def test_it_finds_the_injected_faults_with_few_false_alarms(faulty, found):
+    figures = score(found, faulty[1])
+    for finding in ("exact_duplicates", "leakage", "mislabels"):
+        assert figures[finding]["recall"] >= 0.9, (finding, figures)
+        assert figures[finding]["false_share"] < 0.1, (finding, figures)
+    assert figures["corrupt"] == dict(
+        found=5, injected=5, recall=1.0, flagged=5, false=0, false_share=0.0
+    )
+    exact = found.exact_duplicates[0]
+    assert exact["similarity"] == 1.0 and len(exact["items"]) == 2
+    leak = next(g for g in found.leakage if g["kind"] == "exact")
+    assert sorted(leak["splits"]) == ["train", "val"]
+    assert found.timings["checks_s"] < 30
+
+
+def test_unreadable_files_are_listed_and_the_rest_audited(faulty, found):
+    folder, faults = faulty
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    assert len(found.items) == len(files)  # every file, the unreadable ones too
+    listed = {str(row["item"]) for row in found.corrupt}
+    assert listed == {str(p) for p in faults["corrupt"]}
+    assert all("Error" in row["error"] for row in found.corrupt)
+    counts = Counter(p.parent.name for p in files)
+    assert found.balance["counts"] == {name: counts[name] for name in found.class_names}
+    assert found.balance["ratio"] == pytest.approx(
+        max(counts.values()) / min(counts.values())
+    )
+    assert set(found.files("corrupt")) == set(faults["corrupt"])
+    with pytest.raises(ValueError, match="no finding 'typos'"):
+        found.files("typos")
+    assert "unreadable files: 5" in found.summary()
+
+
+def test_run_audit_votes_with_the_runs_predictions(trained, digits_high):
+    before = {k: v.clone() for k, v in trained.model.state_dict().items()}
+    result = trained.audit(near_duplicate=0.9995)  # a digits model: see `found`
+    files = list(digits_high.rglob("*.png"))
+    assert len(result.items) == len(files) and not result.corrupt
+    assert not result.exact_duplicates  # the digits have no two scans alike
+    assert all(len(set(group["splits"])) == 2 for group in result.leakage)
+    labels, probabilities = trained.predict([r["item"] for r in result.mislabels])
+    for row, label, p in zip(result.mislabels, labels, probabilities):
+        if "run" in row["why"]:
+            assert label == row["suggested"] != row["label"] and p.max() >= 0.9
+    after = trained.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_both_backends_render_the_view(found):
+    view = AuditView(found, charts="html")
+    summary, *findings = view.bundles()
+    assert "likely mislabels" in summary["text/plain"]
+    assert summary["text/html"].count("background:#4c78a8") == 10  # a bar per digit
+    assert len(findings) == 6
+    pictures = [b["text/html"].count("data:image/png;base64,") for b in findings]
+    assert pictures[0] == 2 * min(12, len(found.exact_duplicates))
+    assert pictures[3] == min(12, len(found.mislabels))
+    assert findings[5]["text/html"].count("unreadable</div>") == 5
+    widget = AuditView(found, charts="widget").widget
+    tabs = widget.children[1]
+    assert len(tabs.children) == 6
+    titles = [tabs.get_title(i) for i in range(6)]
+    assert titles[0] == f"exact duplicates ({len(found.exact_duplicates)})"
+    assert np.all([isinstance(t, str) for t in titles])
