@@ -21,6 +21,7 @@ from nbaccel.core.model import LayerGroup as LayerGroup
 from nbaccel.core.model import list_freeze_options as list_freeze_options
 from nbaccel.core.model import list_layer_groups as list_layer_groups
 from nbaccel.core.predict import Predictions as Predictions
+from nbaccel.core.quantize import ExportReport as ExportReport
 from nbaccel.core.resume import SavedRun as SavedRun
 from nbaccel.core.resume import runs as runs
 from nbaccel.core.run import Run as Run
@@ -37,6 +38,7 @@ __all__ = [
     "Comparison",
     "EpochEnded",
     "Event",
+    "ExportReport",
     "FreezeOption",
     "Interpretation",
     "LayerGroup",
