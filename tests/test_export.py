@@ -1,11 +1,15 @@
 """Using the result (#6): predictions from paths, arrays and tensors; save and load; ONNX
-and TorchScript exports loaded back and compared with the model."""
+and TorchScript exports loaded back and compared with the model; the int8 ONNX export and
+its report (#13)."""
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 import torch
@@ -13,6 +17,7 @@ from PIL import Image
 from timm.data import create_transform
 
 import nbaccel
+from nbaccel.core import quantize
 from tests.conftest import SMALL
 
 
@@ -105,3 +110,109 @@ def test_export_loads_back_with_the_model_outputs(
 def test_export_refuses_an_unknown_extension(trained, tmp_path):
     with pytest.raises(ValueError, match="end the name with .onnx"):
         trained.export(tmp_path / "model.tflite")
+
+
+# --- int8 export (#13) ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_export(trained, tmp_path_factory):
+    """The fixture's run exported in int8 once, with its weights from before."""
+    before = {k: v.clone() for k, v in trained.model.state_dict().items()}
+    folder = tmp_path_factory.mktemp("int8")
+    return trained.export(folder / "digits.onnx", quantize="int8"), before
+
+
+def onnx_accuracy(path, trained, val_images) -> float:
+    """Validation accuracy of an ONNX file, computed here: PIL, timm's eval transform,
+    onnxruntime."""
+    paths, truth = val_images
+    transform = create_transform(**trained.data_config, is_training=False)
+    batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+    session = onnxruntime.InferenceSession(str(path))
+    logits = session.run(None, {"images": batch.numpy()})[0]
+    labels = [trained.class_names[i] for i in logits.argmax(axis=1)]
+    return float(np.mean([a == b for a, b in zip(labels, truth)]))
+
+
+def test_int8_export_is_smaller_and_within_the_accuracy_bound(
+    trained, int8_export, val_images, tmp_path
+):
+    report, _ = int8_export
+    assert isinstance(report, nbaccel.ExportReport)
+    assert os.fspath(report) == str(report.path) and report.path.is_file()
+    assert not list(report.path.parent.glob(".nbaccel-int8-*"))  # no work files left
+    # The fp32 figures are those of a plain export (its weights in a second file).
+    plain = trained.export(tmp_path / "fp32.onnx")
+    fp32_bytes = plain.stat().st_size + sum(
+        p.stat().st_size for p in tmp_path.glob("fp32.onnx.*")
+    )
+    assert report.fp32.bytes == pytest.approx(fp32_bytes, rel=0.02)
+    assert report.int8.bytes == report.path.stat().st_size < 0.4 * fp32_bytes
+    # Really int8: quantized weights and quantize/dequantize pairs in the graph.
+    graph = onnx.load(str(report.path)).graph
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer)
+    # Accuracies recomputed here, from the files; the drop within the default bound.
+    assert report.int8.val_acc == pytest.approx(
+        onnx_accuracy(report.path, trained, val_images), abs=1e-9
+    )
+    assert report.fp32.val_acc == pytest.approx(
+        onnx_accuracy(plain, trained, val_images), abs=1e-9
+    )
+    assert report.fp32.val_acc == pytest.approx(trained.best["val_acc"], abs=0.006)
+    assert report.accuracy_drop <= report.max_accuracy_drop == 0.01
+    assert report.fp32.ms_per_image > 0 and report.int8.ms_per_image > 0
+    assert "int8" in repr(report) and "<table>" in report._repr_html_()
+
+
+def test_int8_export_leaves_the_model_weights_unchanged(trained, int8_export):
+    _, before = int8_export
+    after = trained.model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_int8_export_over_the_bound_is_refused_and_writes_nothing(
+    trained, tmp_path, monkeypatch
+):
+    """A real drop: calibrating on images scaled down 1000x sets activation ranges that
+    real images overflow. Everything else is the real path."""
+
+    class Dimmed(quantize._Calibration):
+        def get_next(self):
+            inputs = super().get_next()
+            return None if inputs is None else {"images": inputs["images"] / 1000}
+
+    monkeypatch.setattr(quantize, "_Calibration", Dimmed)
+    path = tmp_path / "digits.onnx"
+    path.write_bytes(b"an older file")
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)val_acc 0\.\d+ against fp32's 0\.9.*"
+        r"max_accuracy_drop=0\.01.*nothing was written.*without quantize",
+    ):
+        trained.export(path, quantize="int8")
+    assert path.read_bytes() == b"an older file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.onnx"]
+
+
+def test_int8_export_refuses_bad_requests_before_any_work(trained, tmp_path):
+    with pytest.raises(ValueError, match="writes ONNX only.*'digits.onnx'"):
+        trained.export(tmp_path / "digits.pt", quantize="int8")
+    with pytest.raises(ValueError, match="quantize='int4' is not a choice"):
+        trained.export(tmp_path / "digits.onnx", quantize="int4")
+    for bound in (-0.01, 1.5, "0.01", None):
+        with pytest.raises(ValueError, match="max_accuracy_drop=.*between 0 and 1"):
+            trained.export(
+                tmp_path / "d.onnx", quantize="int8", max_accuracy_drop=bound
+            )
+    assert not list(tmp_path.iterdir())
+
+
+def test_int8_export_without_onnxruntime_names_the_extra(
+    trained, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)
+    with pytest.raises(ImportError, match=r"pip install 'nbaccel\[export\]'"):
+        trained.export(tmp_path / "digits.onnx", quantize="int8")

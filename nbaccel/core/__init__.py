@@ -24,6 +24,7 @@ from nbaccel.core.model import list_freeze_options as list_freeze_options
 from nbaccel.core.model import list_layer_groups as list_layer_groups
 from nbaccel.core.predict import Predictions as Predictions
 from nbaccel.core.preview import BatchPreview as BatchPreview
+from nbaccel.core.quantize import ExportReport as ExportReport
 from nbaccel.core.resume import SavedRun as SavedRun
 from nbaccel.core.resume import runs as runs
 from nbaccel.core.run import Run as Run
@@ -42,6 +43,7 @@ __all__ = [
     "Comparison",
     "EpochEnded",
     "Event",
+    "ExportReport",
     "FreezeOption",
     "Interpretation",
     "LayerGroup",
