@@ -110,6 +110,15 @@ def test_the_panel_shows_the_batch_and_then_where_the_model_is_wrong(trained):
     interp = trained.interpret()
     assert f"accuracy {interp.accuracy:.3f}" in metrics
     assert metrics.count("<tr>") == len(trained.class_names) + 1
+    # ... and the data audit, with the run's features and predictions.
+    assert panel.audit.widget.layout.display is None and not panel.audit.body.children
+    panel.audit.open()
+    (audit,) = panel.audit.body.children
+    summary = audit.children[0].value
+    sources = resolve_sources(trained.config.data, 0.2, 0)
+    images = len(sources.train) + len(sources.val)
+    assert f"{images} images, {len(trained.class_names)} classes" in summary
+    assert "likely mislabels" in summary
 
 
 def test_a_live_run_offers_no_interpretation_yet(digits_high):

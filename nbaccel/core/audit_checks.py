@@ -15,8 +15,14 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 NEAR_DUPLICATE = 0.98  # cosine similarity of features from which two images are copies
+# ...or the mean absolute difference (0-1) of their grey THUMBNAIL x THUMBNAIL thumbnails
+# under which they are: re-encoded copies of the digits measured <= 0.004, two distinct
+# scans >= 0.015 (docs/design.md)
+PIXEL_COPY = 0.008
+THUMBNAIL = 16
 NEIGHBOURS = 10  # the k nearest neighbours: their distance, and their labels' shares
 PROBE_FOLDS = 5  # the out-of-fold linear probe that votes on each label
 PROBE_DECAY = 1e-3
@@ -51,11 +57,30 @@ def nearest_neighbours(features: torch.Tensor, k: int) -> tuple[np.ndarray, np.n
     return torch.cat(similarities).numpy(), torch.cat(indices).numpy()
 
 
+def thumbnail(image: Image.Image) -> np.ndarray:
+    """The image in grey at THUMBNAIL x THUMBNAIL (bilinear), 0-1: what two copies of a
+    picture still share after re-encoding or resizing."""
+    small = image.convert("L").resize((THUMBNAIL, THUMBNAIL), Image.BILINEAR)
+    return np.asarray(small, dtype=np.float32).ravel() / 255.0
+
+
+def pixel_distances(thumbnails: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """N x k: the mean absolute difference between each image's thumbnail and those of
+    its k neighbours (`indices`, N x k), in blocks of BLOCK rows."""
+    out = np.empty(indices.shape, dtype=np.float32)
+    for start in range(0, len(indices), BLOCK):
+        rows = slice(start, start + BLOCK)
+        own = thumbnails[rows][:, None, :]
+        out[rows] = np.abs(own - thumbnails[indices[rows]]).mean(axis=2)
+    return out
+
+
 def near_groups(
-    similarities: np.ndarray, indices: np.ndarray, exact: np.ndarray, threshold: float
+    copies: np.ndarray, indices: np.ndarray, exact: np.ndarray
 ) -> np.ndarray:
-    """A group id per image: images joined by a chain of neighbour pairs at or above
-    `threshold`, and exact copies. Union-find over the exact groups."""
+    """A group id per image: images joined by a chain of neighbour pairs that are
+    `copies` (N x k, True where image i and its neighbour indices[i, j] are copies), and
+    exact copies. Union-find over the exact groups."""
     parent = {int(g): int(g) for g in np.unique(exact)}
 
     def root(g: int) -> int:
@@ -64,7 +89,7 @@ def near_groups(
             g = parent[g]
         return g
 
-    rows, columns = np.nonzero(similarities >= threshold)
+    rows, columns = np.nonzero(copies)
     for i, j in zip(rows, indices[rows, columns]):
         a, b = root(int(exact[i])), root(int(exact[j]))
         if a != b:

@@ -137,7 +137,9 @@ def audit(
         device: "auto" (CUDA, then MPS, then CPU) or a device name.
         near_duplicate: the cosine similarity of two images' features from which they
             are near copies. 0.98 suits ImageNet features; a backbone trained on few
-            classes packs its features tighter and needs more (docs/design.md).
+            classes packs its features tighter and needs more (docs/design.md). Images
+            whose grey 16 x 16 thumbnails are all but equal (re-encoded, re-saved or
+            resized copies) are near copies whatever their features say.
     """
     sources = resolve_sources(data, val, seed)
     model = create_backbone(backbone, pretrained, len(sources.train.class_names))
@@ -191,6 +193,9 @@ class _Scan:
 
     readable: np.ndarray  # the images that decoded, as indices
     hashes: list[bytes]  # of each readable image's decoded pixels
+    thumbnails: (
+        np.ndarray
+    )  # readable x THUMBNAIL**2: grey, 0-1 (audit_checks.thumbnail)
     features: torch.Tensor  # readable x D, rows L2-normalised
     probabilities: Optional[np.ndarray]  # readable x classes, with_predictions only
     corrupt: list[tuple[int, str]]  # (image, error) for those that did not decode
@@ -204,7 +209,7 @@ def _scan(
     duplicate threshold is a cosine near 1, which bf16's few mantissa bits would blur)."""
     device = next(model.parameters()).device
     model.eval()
-    readable, hashes, corrupt = [], [], []
+    readable, hashes, thumbnails, corrupt = [], [], [], []
     features, probabilities, batch = [], [], []
 
     def flush() -> None:
@@ -225,6 +230,7 @@ def _scan(
             continue
         pixels = np.asarray(image)
         hashes.append(hashlib.blake2b(pixels.tobytes() + bytes(pixels.shape)).digest())
+        thumbnails.append(checks.thumbnail(image))
         readable.append(index)
         batch.append(tensor)
         if len(batch) == BATCH:
@@ -234,6 +240,7 @@ def _scan(
     return _Scan(
         np.array(readable, dtype=np.int64),
         hashes,
+        np.array(thumbnails, dtype=np.float32).reshape(len(readable), -1),
         torch.cat(features) if features else torch.zeros(0, 1),
         torch.cat(probabilities).numpy() if with_predictions and features else None,
         corrupt,
@@ -250,7 +257,10 @@ def _check(scan: _Scan, images: list, classes: int, near_duplicate: float) -> di
     if len(ids) > 1:
         wide = checks.NEIGHBOURS + 10  # room for the copies own_neighbours leaves out
         similar, nearest = checks.nearest_neighbours(scan.features, wide)
-        near = checks.near_groups(similar, nearest, exact, near_duplicate)
+        copies = (similar >= near_duplicate) | (
+            checks.pixel_distances(scan.thumbnails, nearest) <= checks.PIXEL_COPY
+        )
+        near = checks.near_groups(copies, nearest, exact)
         for group in checks.members(exact):
             findings["exact_duplicates"].append(_group(group, ids, images, 1.0))
         for group in checks.members(near):

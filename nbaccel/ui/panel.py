@@ -23,6 +23,7 @@ from nbaccel.core import (
     start_run,
 )
 from nbaccel.ui._format import format_seconds, savings_html, status_html
+from nbaccel.ui.audit_view import AuditView
 from nbaccel.ui.batch import batch_html
 from nbaccel.ui.bridge import Bridge
 from nbaccel.ui.charts import ChartData, create_chart
@@ -80,6 +81,9 @@ class Panel:
         # start), and where the best weights go wrong (once it has ended).
         self.batch = LazySection("training batch: what the model sees")
         self.results = LazySection("where the model is wrong: validation images")
+        self.audit = LazySection(
+            "data audit: duplicates, leakage, likely mislabels, outliers"
+        )
         choices = widgets.Accordion(children=[self.controls.widget])
         choices.set_title(0, "choices")
         choices.selected_index = None if run else 0
@@ -95,6 +99,7 @@ class Panel:
                 self.error,
                 self.batch.widget,
                 self.results.widget,
+                self.audit.widget,
                 choices,
             ]
         )
@@ -156,6 +161,7 @@ class Panel:
         self._reset()
         self.batch.set_content(lambda: widgets.HTML(batch_html(run.show_batch())))
         self.results.set_content(None)
+        self.audit.set_content(None)
         self._bridge = Bridge({"run": run}, self._update, self._rate)
 
     # --- the run's state, and onto the widgets -----------------------------------------
@@ -188,18 +194,29 @@ class Panel:
                 self._ended = event
                 if self.run is not None and event.best_epoch is not None:
                     self.results.set_content(self._interpretation)
+                    self.audit.set_content(self._audit)
         self._render(redraw)
+
+    def _audit(self) -> Any:
+        """The ended run's data audit, with its model's features and predictions."""
+        assert self.run is not None
+        return self._shown(AuditView(self.run.audit(), charts=self._backend))
+
+    def _shown(self, view: Any) -> Any:
+        """A view's widget, or (static backends) an Output holding its outputs."""
+        if view.widget is not None:
+            return view.widget
+        output = widgets.Output()
+        with output:
+            display(view)
+        return output
 
     def _interpretation(self) -> Any:
         """The ended run's interpretation view, as the panel's chart backend draws it."""
         assert self.run is not None
-        view = InterpretationView(self.run.interpret(), charts=self._backend)
-        if view.widget is not None:
-            return view.widget
-        output = widgets.Output()  # the static view: its outputs, in the pane
-        with output:
-            display(view)
-        return output
+        return self._shown(
+            InterpretationView(self.run.interpret(), charts=self._backend)
+        )
 
     def _render(self, redraw: bool) -> None:
         status = self.run.status if self.run else "idle"
