@@ -25,7 +25,8 @@ from nbaccel.ui import panel_for
 from tests.conftest import SMALL, wait_for
 from tests.test_history_log import assert_is_the_history
 
-TWO = dict(SMALL, pretrained=False, devices=2, checkpoint=False)
+# Two processes sharing the CPU's cores: on a CUDA machine "auto" would pick its GPU(s).
+TWO = dict(SMALL, pretrained=False, devices=2, checkpoint=False, device="cpu")
 
 
 # multiprocessing's own helpers, one per process for its whole life (spawn's semaphore
@@ -198,13 +199,19 @@ def test_spawn_refuses_a_dataset_class_it_cannot_send(monkeypatch, no_process_le
 def test_impossible_device_counts_are_refused_before_anything_starts(
     digits_high, options, message
 ):
+    if options.get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
     with pytest.raises(ValueError, match=message):
         nbaccel.fasttrain(digits_high, **dict(TWO, **options))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_all_devices_without_a_gpu_is_the_training_thread(digits_high):
     run = nbaccel.fasttrain(
-        digits_high, epochs=1, background=False, **dict(TWO, devices="all")
+        digits_high,
+        epochs=1,
+        background=False,
+        **dict(TWO, devices="all", device="auto"),
     )
     assert run.events[0].devices == 1
     assert "devices: 1 (all: no CUDA GPU here, so one cpu)" in run.events[0].speedups
@@ -215,7 +222,7 @@ def test_no_rank_outlives_a_kernel_that_dies(digits_high, tmp_path):
 import multiprocessing, os, sys, nbaccel
 run = nbaccel.fasttrain({str(digits_high)!r}, backbone="test_resnet", image_size=32,
                         pretrained=False, epochs=100, stop="none", devices=2,
-                        checkpoint=False)
+                        checkpoint=False, device="cpu")
 while len(multiprocessing.active_children()) < 2 or not run.history:
     import time; time.sleep(0.05)
 print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
@@ -267,7 +274,7 @@ def test_the_magic_takes_devices_and_unloading_ends_every_process(
         run = shell.run_line_magic(
             "fasttrain",
             f"{digits_high} --backbone test_resnet --pretrained no --image-size 32 "
-            "--epochs 500 --stop none --devices 2 --checkpoint no --charts off",
+            "--epochs 500 --stop none --devices 2 --device cpu --checkpoint no --charts off",
         )
         wait_for(lambda: len(run.history) >= 1, timeout=120)
         assert run.events[0].devices == 2 and len(children()) >= 2

@@ -32,6 +32,9 @@ from tests.test_speed import a_gpu, speedups
 
 CUDA, CPU = torch.device("cuda", 0), torch.device("cpu")
 ONE_EPOCH = dict(pretrained=False, epochs=1, stop="none", **SMALL)
+# For the simulations that a real GPU would take down its own path (a probed batch, a
+# model left on it): on a CUDA machine "auto" picks the GPU.
+ON_CPU = dict(ONE_EPOCH, device="cpu")
 
 
 def out_of_memory(message: str = "CUDA out of memory (simulated)") -> Exception:
@@ -43,7 +46,7 @@ def test_a_baseline_too_big_for_the_probed_batch_is_timed_smaller_and_scaled(
 ):
     """#17.1: the run's own step (head only) fits its batch of 32; the baseline (every
     layer trained, fp32) fits only 8. The savings stay, timed at 8 and scaled x4."""
-    run = prepare_run(TrainConfig(digits_high, freeze="all", **ONE_EPOCH))
+    run = prepare_run(TrainConfig(digits_high, freeze="all", **ON_CPU))
 
     def baseline_fits_eight(module, args):
         if args[0].shape[0] > 8 and next(module.parameters()).requires_grad:
@@ -74,7 +77,7 @@ def test_out_of_memory_in_the_optimizer_step_is_not_retried(
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
-    run = nbaccel.fasttrain(digits_high, fused=fused, baseline="off", **ONE_EPOCH)
+    run = nbaccel.fasttrain(digits_high, fused=fused, baseline="off", **ON_CPU)
     with pytest.raises(nbaccel.TrainingFailed, match="OutOfMemoryError"):
         run.wait(timeout=60)
     assert calls == [1]  # the step was not tried again
@@ -121,17 +124,21 @@ def test_compile_auto_skips_what_triton_cannot_compile(monkeypatch):
         check_compile(True, CUDA)
 
 
+@pytest.mark.parametrize("when", ["warm-up", "compile"])
 @pytest.mark.parametrize("requested", ["auto", True])
 def test_a_compile_that_fails_falls_back_to_eager_under_auto(
-    digits_high, monkeypatch, requested
+    digits_high, monkeypatch, requested, when
 ):
     """#17.3: an error while compiling (GPUTooOldForTriton, TritonMissing, an unsupported
-    model) ends a compile=True run, and under "auto" lets the run train eagerly."""
+    model) ends a compile=True run, and under "auto" lets the run train eagerly; also
+    when torch.compile() itself raises (on the H100, torch 2.11's inductor import did)."""
 
     def broken(model, **kwargs):
         def fail(*args, **kwargs):
             raise RuntimeError("GPUTooOldForTriton (simulated)")
 
+        if when == "compile":  # torch.compile itself raises, before any graph
+            fail()
         return fail
 
     monkeypatch.setattr(torch, "compile", broken)
@@ -181,7 +188,7 @@ def test_compile_auto_counts_the_steps_of_the_probed_batch(digits_high, monkeypa
 def test_a_stopped_runs_model_predicts_in_fp32_off_its_device(digits_high, monkeypatch):
     """#17.4: a stopped fp16 run's model sits on the CPU; it predicts in fp32 there, not
     under CPU fp16 autocast (20x slower for resnet18)."""
-    run = nbaccel.fasttrain(digits_high, background=False, **ONE_EPOCH)
+    run = nbaccel.fasttrain(digits_high, background=False, **ON_CPU)
     monkeypatch.setattr(type(run), "precision", property(lambda self: "fp16"))
     run._device = CUDA  # as an fp16 CUDA run whose stopped model went to the CPU
     casts = []

@@ -56,8 +56,12 @@ def test_it_scores_the_validation_images_with_the_best_weights(
     worst = interp.top_losses(5)
     labels, probabilities = trained.predict([row["item"] for row in worst])
     assert labels == [row["predicted"] for row in worst]
+    # On a GPU a batch's make-up changes TF32 convolutions' rounding (cuDNN's default).
+    on_gpu = trained.events[0].device.startswith("cuda")
     assert np.allclose(
-        probabilities.max(axis=1), [r["probability"] for r in worst], atol=1e-4
+        probabilities.max(axis=1),
+        [r["probability"] for r in worst],
+        atol=2e-3 if on_gpu else 1e-4,
     )
     assert [row["label"] for row in worst] == [row["item"].parent.name for row in worst]
     losses = [row["loss"] for row in interp.top_losses(len(files))]

@@ -25,8 +25,15 @@ def choose(panel: Panel, **values) -> None:
 
 
 def test_pause_resume_and_stop_buttons_drive_the_run(digits_high):
-    run = nbaccel.fasttrain(
-        digits_high, pretrained=False, epochs=500, stop="none", **SMALL
+    run = (
+        nbaccel.fasttrain(  # compile: on CUDA "auto" compiles a 500-epoch budget first
+            digits_high,
+            pretrained=False,
+            epochs=500,
+            stop="none",
+            compile=False,
+            **SMALL,
+        )
     )
     panel = panel_for(run, charts="off")
     wait_for(lambda: len(run.history) >= 1)

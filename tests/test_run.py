@@ -3,6 +3,7 @@ thread, stopping reasons, failures, and transfer from a local weights file."""
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 
@@ -212,8 +213,11 @@ def test_best_weights_are_restored(digits_high):
     with torch.no_grad():
         inputs = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
         targets = torch.tensor([run.class_names.index(p.parent.name) for p in paths])
-        loss = F.cross_entropy(run.model.eval()(inputs), targets).item()
-    assert loss == pytest.approx(best["val_loss"], rel=1e-4)
+        model = copy.deepcopy(run.model).cpu().eval()  # on the GPU where one trained
+        loss = F.cross_entropy(model(inputs), targets).item()
+    # On a GPU the run's own val_loss went through TF32 convolutions (cuDNN's default).
+    on_gpu = run.events[0].device.startswith("cuda")
+    assert loss == pytest.approx(best["val_loss"], rel=2e-3 if on_gpu else 1e-4)
 
 
 def test_corrupt_image_fails_the_run_with_the_traceback(broken_folder):
@@ -323,7 +327,8 @@ def test_auto_freeze_says_which_depth_and_why(digits_high, source_weights):
     ],
 )
 def test_bad_input_raises_before_any_thread_starts(digits_high, kwargs, message):
-    if kwargs.get("device") == "cuda" and torch.cuda.is_available():
+    cuda_only = kwargs.get("device") == "cuda" or kwargs.get("precision") == "fp16"
+    if cuda_only and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     before = threading.active_count()
     settings = (
@@ -382,19 +387,28 @@ def test_mixed_precision_trains_on_gpu(digits_high, precision):
         "cuda"
     )
     assert run.history[-1]["val_acc"] > 0.5
-    assert torch.cuda.memory_allocated() < 64 * 2**20
+    # cuBLAS keeps a workspace per handle and stream (about 64 MiB in all after one run on
+    # the H100), which torch.cuda.empty_cache() does not give back.
+    getattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None)()
+    assert (
+        torch.cuda.memory_allocated() < 64 * 2**20
+    )  # the ended run's model, kept there
 
 
 def test_the_same_seed_repeats_a_run_exactly(digits_high):
     """timm's random crops draw from Python's `random`; the run seeds it as well as torch."""
 
     def losses(seed):
+        # On a CPU: a GPU's kernels are not deterministic by default (on the H100 two
+        # such runs differed from the 4th decimal; use_deterministic_algorithms made
+        # them equal).
         run = nbaccel.fasttrain(
             digits_high,
             pretrained=False,
             epochs=2,
             stop="none",
             seed=seed,
+            device="cpu",
             background=False,
             **SMALL,
         )

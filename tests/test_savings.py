@@ -18,7 +18,9 @@ RESNET = dict(backbone="resnet18", image_size=32, pretrained=False)
 
 
 def calibrate_plan(plan):
-    """The calibration as the training thread runs it, on the plan's own loaders."""
+    """The calibration as the training thread runs it, on the plan's own loaders, with
+    the model on the run's device."""
+    plan.model.to(plan.device)
     loaders = create_loaders(
         plan.train, plan.val, 32, plan.device, 0, torch.Generator().manual_seed(0)
     )
@@ -26,7 +28,7 @@ def calibrate_plan(plan):
 
 
 def test_calibration_on_cpu_gives_positive_consistent_step_times(digits_high):
-    plan = prepare_plan(TrainConfig(digits_high, freeze="all", **RESNET))
+    plan = prepare_plan(TrainConfig(digits_high, freeze="all", device="cpu", **RESNET))
     first, second = calibrate_plan(plan), calibrate_plan(plan)
     for cal in (first, second):
         steps = (cal.baseline_step_s, cal.frozen_fp32_step_s, cal.own_step_s)
@@ -46,7 +48,7 @@ def test_calibration_leaves_the_model_untouched(digits_high):
     before = {k: v.clone() for k, v in plan.model.state_dict().items()}
     calibrate_plan(plan)
     after = plan.model.state_dict()
-    assert all(before[k].equal(after[k]) for k in before)
+    assert all(before[k].equal(after[k].cpu()) for k in before)
     assert all(p.requires_grad for p in plan.model.parameters())  # freeze 0 kept
 
 
@@ -110,8 +112,15 @@ def test_savings_follow_the_run_in_events(digits_high):
 
 
 def test_a_user_stop_does_not_count_the_epochs_not_run_as_saved(digits_high):
-    run = nbaccel.fasttrain(
-        digits_high, epochs=500, stop="none", **SMALL, pretrained=False
+    run = (
+        nbaccel.fasttrain(  # compile: on CUDA "auto" compiles a 500-epoch budget first
+            digits_high,
+            epochs=500,
+            stop="none",
+            compile=False,
+            **SMALL,
+            pretrained=False,
+        )
     )
     wait_for(lambda: len(run.history) >= 2)
     run.stop()

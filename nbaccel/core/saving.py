@@ -149,10 +149,9 @@ def _export_program(model: nn.Module, example: torch.Tensor, path: Path) -> np.n
 def _export_torchscript(
     model: nn.Module, example: torch.Tensor, path: Path
 ) -> np.ndarray:
-    with (
-        warnings.catch_warnings()
-    ):  # torch 2.9+ marks jit as deprecated; it still works
-        warnings.simplefilter("ignore", FutureWarning)
+    with warnings.catch_warnings():  # jit is deprecated (torch 2.11 says so with a
+        warnings.simplefilter("ignore", FutureWarning)  # DeprecationWarning, later
+        warnings.simplefilter("ignore", DeprecationWarning)  # ones a FutureWarning)
         traced = torch.jit.trace(model, example)
         traced.save(str(path))
         loaded = torch.jit.load(str(path))
