@@ -1,11 +1,11 @@
-"""Memory layout: channels-last for convnets where tensor cores use it, and cuDNN's
-autotuner for the fixed shapes of training. Each is decided here and applied here.
+"""Memory layout: channels-last for convnets where tensor cores use it, decided here and
+applied here. cuDNN's autotuner (`torch.backends.cudnn.benchmark`) is left as the user set
+it: on an H100 its search cost 19 s of a 22 s first epoch and saved nothing measurable per
+epoch (docs/design.md, #17.11).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -68,20 +68,3 @@ def place_model(
 def restore_layout(model: nn.Module) -> nn.Module:
     """Back to the default layout, which saving and torch.export expect."""
     return model.to(memory_format=torch.contiguous_format)
-
-
-@contextlib.contextmanager
-def tuned_kernels(device: torch.device) -> Iterator[None]:
-    """cuDNN's autotuner on CUDA while the run trains (as timm's train.py sets it): the
-    training batches all have one shape (the last partial one is dropped), so each
-    convolution's fastest algorithm is searched once, in the warm-up and calibration
-    steps, and reused. The flag is process-wide; it is put back when the run ends."""
-    if device.type != "cuda":
-        yield
-        return
-    previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = previous

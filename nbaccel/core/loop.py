@@ -43,7 +43,7 @@ from nbaccel.core.events import (
     RunStarted,
 )
 from nbaccel.core.features import FeatureCache
-from nbaccel.core.layout import place_model, restore_layout, tuned_kernels
+from nbaccel.core.layout import place_model, restore_layout
 from nbaccel.core.loaders import create_loaders, read_batch
 from nbaccel.core.memory import MicroBatches, fit_batch_size
 from nbaccel.core.model import (
@@ -116,7 +116,7 @@ def run_training(
         plan.compile, plan.device, steps, plan.feature_cache.value, ranks.count
     )
     strict = plan.compile is True
-    with compile_slot(wanted, strict) as compiled, tuned_kernels(plan.device):
+    with compile_slot(wanted, strict) as compiled:
         if resumed is None:
             emit(RunStarted(**describe_start(plan, compiled, *loaders, ranks.count)))
         else:  # its RunStarted and epochs so far were published again (Run.__init__)
