@@ -98,3 +98,36 @@ def test_both_backends_render_the_view(found):
     titles = [tabs.get_title(i) for i in range(6)]
     assert titles[0] == f"exact duplicates ({len(found.exact_duplicates)})"
     assert np.all([isinstance(t, str) for t in titles])
+
+
+def test_photos_of_any_size_are_audited_and_a_copy_across_splits_counted_once():
+    """Photo-sized images (a side over 255 px broke the pixel hash once), each a
+    different 4 x 4 colour grid at 300 x 320 px; one is there twice, across the splits:
+    one exact group, one leak of the exact kind (not again as a near one)."""
+    rng = np.random.default_rng(0)
+    grids = rng.integers(0, 256, (12, 4, 4, 3), dtype=np.uint8)
+    images = grids.repeat(75, axis=1).repeat(80, axis=2)  # 12 x 300 x 320 x 3
+    images[11] = images[0]
+    labels = np.tile([0, 1], 6)
+    labels[11] = labels[0]
+    result = nbaccel.audit(
+        (images, labels),
+        backbone="test_resnet",
+        pretrained=False,
+        image_size=32,
+        device="cpu",
+        val=0.5,
+        near_duplicate=1.0,  # random weights' features all look alike: pixels decide
+    )
+    assert len(result.items) == 12 and not result.corrupt
+    (group,) = result.exact_duplicates
+    for index in group["indices"]:
+        assert np.array_equal(np.asarray(result.load(index)), images[0])
+    exact = [leak for leak in result.leakage if leak["kind"] == "exact"]
+    assert len(exact) == (len(set(group["splits"])) > 1)
+    assert not [leak for leak in result.leakage if leak["kind"] == "near"]
+
+
+def test_a_similarity_outside_0_to_1_is_refused(trained):
+    with pytest.raises(ValueError, match="near_duplicate is a cosine similarity"):
+        trained.audit(near_duplicate=98)

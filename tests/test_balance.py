@@ -12,7 +12,9 @@ import pytest
 
 import nbaccel
 from nbaccel.core.balance import IMBALANCE_RATIO, decide_balance
+from nbaccel.core.config import list_options
 from nbaccel.core.events import EpochEnded, RunStarted
+from nbaccel.core.resume import saved_option
 from nbaccel.ui import panel_for
 from tests.conftest import SMALL
 
@@ -114,3 +116,13 @@ def test_auto_weights_a_10x_imbalance_and_lifts_the_minority_recall(
     # The panel says so, with the best epoch's lowest recall.
     status = panel_for(runs["auto"], charts="off").status.value
     assert "balance: class-weighted loss" in status and "lowest recall" in status
+
+
+def test_a_run_saved_before_balance_existed_goes_on_unweighted():
+    """Resuming (or reading back) a checkpoint from before the option: its run weighted
+    nothing, so "auto" must not start weighting its loss mid-run."""
+    (spec,) = [s for s in list_options() if s.name == "balance"]
+    assert saved_option({}, spec) == "off"
+    assert saved_option({"balance": "weights"}, spec) == "weights"
+    (epochs,) = [s for s in list_options() if s.name == "epochs"]
+    assert saved_option({}, epochs) == epochs.default

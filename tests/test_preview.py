@@ -130,6 +130,34 @@ def test_a_live_run_offers_no_interpretation_yet(digits_high):
         assert panel.results.widget.layout.display == "none"
         panel.batch.open()
         assert panel.batch.body.children[0].value.count("<img src=") == 16
+        # While it trains, the batch is the one kept at its start: another would take
+        # the random numbers the training thread draws.
+        kept = run.show_batch()
+        with pytest.raises(RuntimeError, match="while the run trains"):
+            run.show_batch(4)
     finally:
         run.stop()
     assert run.status == "stopped"
+    again = run.show_batch(16, seed=0)
+    assert again is kept  # the same batch, before and after
+    fresh = run._preview(16, 0)
+    assert fresh.items == kept.items and np.array_equal(fresh.images, kept.images)
+
+
+def test_a_run_read_back_without_its_arrays_says_so(tmp_path):
+    images, labels = nbaccel.datasets.digits(range(2), as_arrays=True)
+    run = nbaccel.fasttrain(
+        (images[:40], labels[:40]),
+        pretrained=False,
+        epochs=1,
+        checkpoint_dir=str(tmp_path),
+        background=False,
+        **SMALL,
+    )
+    saved = nbaccel.load_run(nbaccel.runs(tmp_path)[0].path)
+    for call in (saved.show_batch, saved.interpret, saved.audit):
+        with pytest.raises(ValueError, match="checkpoint describes but does not hold"):
+            call()
+    assert run.show_batch(4).items == (  # the run in memory still has them
+        run.show_batch(4).items
+    )

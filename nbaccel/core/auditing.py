@@ -158,6 +158,11 @@ def audit_sources(
 ) -> Audit:
     """The audit of `sources` with `model` (left as it was but for eval mode), and with
     its predictions as a further vote on the labels when `with_predictions`."""
+    if not (isinstance(near_duplicate, (int, float)) and 0 < near_duplicate <= 1):
+        raise ValueError(
+            "near_duplicate is a cosine similarity between 0 and 1 (e.g. 0.98), got "
+            f"{near_duplicate!r}"
+        )
     images = [
         (split, source, row)
         for split, source in (("train", sources.train), ("val", sources.val))
@@ -229,7 +234,8 @@ def _scan(
             corrupt.append((index, f"{type(error).__name__}: {error}"))
             continue
         pixels = np.asarray(image)
-        hashes.append(hashlib.blake2b(pixels.tobytes() + bytes(pixels.shape)).digest())
+        shape = np.asarray(pixels.shape, dtype=np.int64).tobytes()
+        hashes.append(hashlib.blake2b(pixels.tobytes() + shape).digest())
         thumbnails.append(checks.thumbnail(image))
         readable.append(index)
         batch.append(tensor)
@@ -262,15 +268,17 @@ def _check(scan: _Scan, images: list, classes: int, near_duplicate: float) -> di
         )
         near = checks.near_groups(copies, nearest, exact)
         for group in checks.members(exact):
-            findings["exact_duplicates"].append(_group(group, ids, images, 1.0))
+            row = _group(group, ids, images, 1.0)
+            findings["exact_duplicates"].append(row)
+            if len(set(row["splits"])) > 1:
+                findings["leakage"].append(dict(row, kind="exact"))
         for group in checks.members(near):
             if len(set(exact[group])) > 1:  # not only exact copies of one image
                 lowest = float((scan.features[group] @ scan.features[group].T).min())
-                findings["near_duplicates"].append(_group(group, ids, images, lowest))
-        for kind in ("exact", "near"):
-            for group in findings[f"{kind}_duplicates"]:
-                if len(set(group["splits"])) > 1:
-                    findings["leakage"].append(dict(group, kind=kind))
+                row = _group(group, ids, images, lowest)
+                findings["near_duplicates"].append(row)
+                if _spans_splits(exact[group], row["splits"]):
+                    findings["leakage"].append(dict(row, kind="near"))
         neighbour_s, neighbour_i = checks.own_neighbours(
             similar, nearest, near, checks.NEIGHBOURS
         )
@@ -310,6 +318,15 @@ def _check(scan: _Scan, images: list, classes: int, near_duplicate: float) -> di
         )
     findings["near_duplicates"].sort(key=lambda g: -g["similarity"])
     return dict(findings, balance=_balance(images))
+
+
+def _spans_splits(exact_ids: np.ndarray, splits: list[str]) -> bool:
+    """Whether a near group holds two images in different splits that are not exact
+    copies of each other (those are leakage of the exact kind, reported once)."""
+    pairs = list(zip(exact_ids.tolist(), splits))
+    return any(
+        g != h and s != t for i, (g, s) in enumerate(pairs) for h, t in pairs[i + 1 :]
+    )
 
 
 def _group(group: np.ndarray, ids: np.ndarray, images: list, similarity: float) -> dict:

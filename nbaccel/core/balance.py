@@ -13,9 +13,8 @@ from typing import Optional
 
 import numpy as np
 
+from nbaccel.core.config import IMBALANCE_RATIO
 from nbaccel.core.decision import Decision
-
-IMBALANCE_RATIO = 5.0  # largest / smallest class above which "auto" weights the loss
 
 
 def class_counts(labels: np.ndarray, classes: int) -> np.ndarray:

@@ -227,6 +227,9 @@ def _optional_int(text: str) -> Any:
 # --- the options ---------------------------------------------------------------------------
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# balance="auto" weights the loss past this largest / smallest class ratio (balance.py;
+# docs/design.md has the measurement that chose it)
+IMBALANCE_RATIO = 5.0
 AUGMENTS = ("auto", "light", "flip", "none")
 SWITCHES = ("auto", True, False)
 
@@ -332,7 +335,8 @@ class TrainConfig:
     balance: str = option(
         "auto",
         "class imbalance: 'weights' weights the training loss by 1/class count, 'off' "
-        "never, 'auto' when the largest class has over 5x the smallest's images",
+        f"never, 'auto' when the largest class has over {IMBALANCE_RATIO:g}x the "
+        "smallest's images",
         one_of("auto", "weights", "off"),
         choices=("auto", "weights", "off"),
     )
@@ -400,6 +404,10 @@ class TrainConfig:
             problem = spec.check(spec.name, getattr(self, spec.name))
             if problem:
                 raise ValueError(problem)
+        if self.log_dir is not None:  # as a path from here: a resumed run, or one read
+            # back from another working directory, writes and reads the same folder
+            absolute = os.path.abspath(os.path.expanduser(str(self.log_dir)))
+            object.__setattr__(self, "log_dir", absolute)
 
     @property
     def stop_rule(self) -> StopRule:

@@ -17,6 +17,7 @@ from nbaccel.core.checkpoint import item_from_dict, read_checkpoint
 from nbaccel.core.config import TrainConfig, list_options
 from nbaccel.core.events import RunEnded, TestScore
 from nbaccel.core.history_log import HISTORY_CSV
+from nbaccel.core.resume import saved_option
 from nbaccel.core.run import Run
 
 
@@ -33,10 +34,8 @@ def load_run(path: Union[str, os.PathLike]) -> Run:
     meta = checkpoint.meta
     plan = meta["plan"]
     class_names = tuple(plan["data"]["class_names"])
-    saved = plan[
-        "config"
-    ]  # an option newer than the checkpoint: the run had its default
-    options = {spec.name: saved.get(spec.name, spec.default) for spec in list_options()}
+    saved = plan["config"]
+    options = {spec.name: saved_option(saved, spec) for spec in list_options()}
     config = TrainConfig(data=plan["config"]["data"], **options)
     model = timm.create_model(
         config.backbone, pretrained=False, num_classes=len(class_names)

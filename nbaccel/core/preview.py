@@ -47,14 +47,17 @@ def preview_batch(
     seed: int = 0,
 ) -> BatchPreview:
     """`count` training images drawn at random (seeded), each through `images`' transform.
-    The draws and the augmentation use their own seeds: the caller's random state, and
-    so a run's, is as before."""
+    The draws and the augmentation use their own seeds, and the random state is put back
+    after: the caller's is as before. Not while another thread draws from Python's or
+    torch's CPU generator (Run.show_batch keeps a batch made before training starts)."""
     chosen = np.random.default_rng(seed).permutation(len(images))[:count]
     state = random.getstate()
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]):  # the CPU generator, put back after
             random.seed(seed)
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(
+                seed
+            )  # not CUDA's: fork_rng keeps those
             tensors, labels = zip(*(images[int(i)] for i in chosen))
     finally:
         random.setstate(state)

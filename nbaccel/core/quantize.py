@@ -281,7 +281,8 @@ def _batches(
 
 
 def _sample(images: ImageSource, count: int, seed: int) -> ImageSource:
-    """Up to `count` of `images`, drawn at random (seeded) so that every class shows."""
+    """Up to `count` of `images`, drawn at random (seeded): the classes about in their
+    proportions (a class rarer than 1 in `count` may be missing)."""
     if len(images) <= count:
         return images
     chosen = np.random.default_rng(seed).choice(len(images), count, replace=False)

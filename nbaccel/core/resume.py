@@ -25,11 +25,22 @@ from nbaccel.core.checkpoint import (
     item_from_dict,
     read_checkpoint,
 )
-from nbaccel.core.config import TrainConfig, _same, list_options
+from nbaccel.core.config import OptionSpec, TrainConfig, _same, list_options
 from nbaccel.core.events import Calibration, Measured, RunStarted
 
 # Options a resumed run may change: its length and stopping, where and how fast it runs.
 # Everything else must be the saved run's (left out, or given the same).
+# Options newer than some checkpoints, and what a run saved before them did: a resumed or
+# read-back run goes on as it trained (balance="auto" would weight a loss that was not).
+BEFORE_IT_EXISTED = {"balance": "off"}
+
+
+def saved_option(saved: dict, spec: OptionSpec) -> Any:
+    """The option as a checkpoint's config has it; one newer than the checkpoint is what
+    the run had before the option existed (BEFORE_IT_EXISTED), else its default."""
+    return saved.get(spec.name, BEFORE_IT_EXISTED.get(spec.name, spec.default))
+
+
 MAY_CHANGE = (
     "epochs",
     "stop",
@@ -187,8 +198,7 @@ def _merged_config(
     for spec in list_options():
         if spec.name in ("checkpoint", "checkpoint_dir", "resume"):
             continue
-        # An option newer than the checkpoint: the run had its default.
-        given, before = getattr(config, spec.name), saved.get(spec.name, spec.default)
+        given, before = getattr(config, spec.name), saved_option(saved, spec)
         left_out = (
             spec.name not in names_given
             if names_given is not None

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
-from timm.data import create_transform
 from torch import nn
 
 from nbaccel.core.auditing import Audit, audit_sources
@@ -52,7 +51,7 @@ from nbaccel.core.preview import BatchPreview, preview_batch
 from nbaccel.core.publisher import Publisher
 from nbaccel.core.quantize import ExportReport, check_quantize_request, export_int8
 from nbaccel.core.saving import export, save
-from nbaccel.core.splits import resolve_sources
+from nbaccel.core.splits import Sources, resolve_sources
 from nbaccel.core.timing import release
 
 logger = logging.getLogger(__name__)
@@ -112,6 +111,7 @@ class Run:
         run._set_up(config, model, class_names, data_config, torch.device(device))
         run._plan, run._started = None, True
         run._training, run._augment = None, None  # rebuilt by show_batch() if asked
+        run._loaded = True
         run._log_dir = log_dir
         run._precision = "fp32"
         run._publisher.replay(items)
@@ -130,6 +130,9 @@ class Run:
         self.data_config = data_config
         self._model = model
         self._device = device
+        self._loaded = False  # read back from a checkpoint (load_run)
+        self._start_method = "thread"  # devices=N: "fork" or "spawn" (launch.py)
+        self._first_batch: Optional[BatchPreview] = None  # show_batch() while training
         self._control = Control()
         self._publisher = Publisher()
         self._lock = threading.Lock()  # start() once
@@ -171,12 +174,23 @@ class Run:
                 logger.info("nbaccel writes the run's history to %s", self._log_dir)
             self._publisher.start()
             if background:
+                if self._start_method == "thread":  # before training takes the RNGs
+                    self._keep_first_batch()
                 if self._device.type == "cpu":  # one OpenMP pool: openmp.py says why
                     release_thread_pool()
                 self._trainer.start()
         if not background:
             self._train_here()
         return self
+
+    def _keep_first_batch(self) -> None:
+        """show_batch()'s default batch, made now, before the training thread shares
+        Python's and torch's random numbers. One that cannot be made (the data's own
+        error) is left to training to report."""
+        try:
+            self._first_batch = self._preview(16, 0)
+        except Exception:  # noqa: BLE001 - the run itself will say what is wrong
+            logger.debug("no batch preview for this run", exc_info=True)
 
     def stop(self, timeout: float = 30.0) -> Run:
         """Asks the run to stop at the next step boundary and waits up to `timeout` s for it
@@ -332,8 +346,8 @@ class Run:
             RuntimeError: the run is still training, or failed (it has no model).
         """
         model = self._ended_model("interpret")
-        sources = resolve_sources(self.config.data, self.config.val, self.config.seed)
-        transform = create_transform(**self.data_config, is_training=False)
+        sources = self._sources("interpret")
+        transform = transforms_for(self.data_config, "none")[1]
         here = next(model.parameters()).device
         precision = self.precision if here == self._device else "fp32"
         return interpret(model, sources.val, transform, self.class_names, precision)
@@ -341,19 +355,33 @@ class Run:
     def show_batch(self, count: int = 16, seed: int = 0) -> BatchPreview:
         """`count` training images exactly as the model sees them: through the run's
         training transform, augmentation included, then de-normalised; with their labels.
-        Works before, during and after training; `seed` picks other images and crops. In a
-        notebook it shows as a grid.
+        `seed` picks other images and crops. While the run trains in this process's
+        thread, the batch is the one kept when it started (16 images, seed 0): the
+        augmentation draws from the random numbers training draws from. In a notebook it
+        shows as a grid.
 
         Raises:
             ValueError: `count` is not a whole number >= 1.
+            RuntimeError: another batch asked for while the run trains in this process.
         """
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise ValueError(f"count must be a whole number >= 1, got {count!r}")
+        if (count, seed) == (16, 0) and self._first_batch is not None:
+            return self._first_batch
+        live = self._started and self._publisher.ended is None
+        if live and self._start_method == "thread":
+            raise RuntimeError(
+                f"run.show_batch(count={count}, seed={seed}) while the run trains would "
+                "take the random numbers its training draws: run.show_batch() shows the "
+                "16 images kept when it started; other batches once it has ended "
+                "(run.wait() or run.stop())"
+            )
+        return self._preview(count, seed)
+
+    def _preview(self, count: int, seed: int) -> BatchPreview:
         if self._training is None:  # a run read back from its checkpoint
             started = next(e for e in self.events if isinstance(e, RunStarted))
-            sources = resolve_sources(
-                self.config.data, self.config.val, self.config.seed
-            )
+            sources = self._sources("show_batch")
             transform = transforms_for(self.data_config, started.augment)[0]
             self._training = TransformedImages(sources.train, transform)
             self._augment = started.augment
@@ -376,8 +404,8 @@ class Run:
             RuntimeError: the run is still training, or failed (it has no model).
         """
         model = self._ended_model("audit")
-        sources = resolve_sources(self.config.data, self.config.val, self.config.seed)
-        transform = create_transform(**self.data_config, is_training=False)
+        sources = self._sources("audit")
+        transform = transforms_for(self.data_config, "none")[1]
         return audit_sources(
             model, sources, transform, self.config.backbone, True, near_duplicate
         )
@@ -422,7 +450,7 @@ class Run:
         if quantize is None:
             return export(model, path, self.data_config)
         path = check_quantize_request(path, quantize, max_accuracy_drop)
-        sources = resolve_sources(self.config.data, self.config.val, self.config.seed)
+        sources = self._sources("export")
         return export_int8(
             model,
             path,
@@ -432,6 +460,25 @@ class Run:
             max_accuracy_drop,
             seed=self.config.seed,
         )
+
+    def _sources(self, what: str) -> Sources:
+        """The run's splits, read again from its data as the run read them.
+
+        Raises:
+            ValueError: a run read back from disk whose data was not a folder or file (a
+                checkpoint keeps a description of arrays, tables and Datasets, not them).
+        """
+        data = self.config.data
+        if self._loaded and not (
+            isinstance(data, (str, os.PathLike)) and Path(data).expanduser().exists()
+        ):
+            raise ValueError(
+                f"run.{what}() reads the run's images again, but this run was read back "
+                f"from disk and trained on {data}, which its checkpoint describes but does "
+                "not hold (or a folder that is gone). Train a run on the data in this "
+                "session to use it, or move the folder back"
+            )
+        return resolve_sources(data, self.config.val, self.config.seed)
 
     def _ended_model(self, what: str) -> nn.Module:
         if self._publisher.ended is None:
