@@ -253,6 +253,14 @@ def test_quickstart_panel_charts_and_stop_in_chromium(lab):
             finished.scroll_into_view_if_needed()
             page.wait_for_timeout(500)
             finished.screenshot(path=str(SCREENSHOTS / "finished-sections.png"))
+            # ... and its data audit (the run's model), with its tabs of findings.
+            finished.get_by_text("where the model is wrong").click()  # fold it again
+            finished.get_by_text("training batch").click()
+            finished.get_by_text("data audit").click()
+            finished.get_by_text("likely mislabels:").first.wait_for(timeout=60_000)
+            finished.scroll_into_view_if_needed()
+            page.wait_for_timeout(500)
+            finished.screenshot(path=str(SCREENSHOTS / "finished-audit.png"))
         except BaseException:
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(

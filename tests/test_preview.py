@@ -121,6 +121,22 @@ def test_the_panel_shows_the_batch_and_then_where_the_model_is_wrong(trained):
     assert "likely mislabels" in summary
 
 
+def test_the_panel_ships_an_int8_model_or_says_why_not(trained, tmp_path):
+    panel = panel_for(trained, charts="off")
+    panel.ship.open()
+    (box,) = panel.ship.body.children
+    row, report = box.children
+    path, button = row.children
+    assert path.value == "test_resnet-int8.onnx"
+    path.value = str(tmp_path / "digits.pt")  # not ONNX: refused, in the panel
+    button.click()
+    assert "✗" in report.value and ".onnx" in report.value
+    path.value = str(tmp_path / "digits.onnx")
+    button.click()
+    assert (tmp_path / "digits.onnx").is_file() and not button.disabled
+    assert "int8 ONNX" in report.value and "val_acc" in report.value
+
+
 def test_a_live_run_offers_no_interpretation_yet(digits_high):
     run = nbaccel.fasttrain(
         digits_high, pretrained=False, epochs=50, stop="none", **SMALL

@@ -154,11 +154,13 @@ def audit_sources(
     transform: Any,
     backbone: str,
     with_predictions: bool,
-    near_duplicate: float = checks.NEAR_DUPLICATE,
+    near_duplicate: Optional[float] = checks.NEAR_DUPLICATE,
 ) -> Audit:
     """The audit of `sources` with `model` (left as it was but for eval mode), and with
-    its predictions as a further vote on the labels when `with_predictions`."""
-    if not (isinstance(near_duplicate, (int, float)) and 0 < near_duplicate <= 1):
+    its predictions as a further vote on the labels when `with_predictions`.
+    `near_duplicate` None: near copies by pixels only."""
+    number = isinstance(near_duplicate, (int, float)) and 0 < near_duplicate <= 1
+    if near_duplicate is not None and not number:
         raise ValueError(
             "near_duplicate is a cosine similarity between 0 and 1 (e.g. 0.98), got "
             f"{near_duplicate!r}"
@@ -253,7 +255,9 @@ def _scan(
     )
 
 
-def _check(scan: _Scan, images: list, classes: int, near_duplicate: float) -> dict:
+def _check(
+    scan: _Scan, images: list, classes: int, near_duplicate: Optional[float]
+) -> dict:
     """Every finding from the scan: the checks run on the readable images, and their
     indices are mapped back to all images'."""
     ids = scan.readable
@@ -263,7 +267,8 @@ def _check(scan: _Scan, images: list, classes: int, near_duplicate: float) -> di
     if len(ids) > 1:
         wide = checks.NEIGHBOURS + 10  # room for the copies own_neighbours leaves out
         similar, nearest = checks.nearest_neighbours(scan.features, wide)
-        copies = (similar >= near_duplicate) | (
+        by_features = similar >= (2.0 if near_duplicate is None else near_duplicate)
+        copies = by_features | (
             checks.pixel_distances(scan.thumbnails, nearest) <= checks.PIXEL_COPY
         )
         near = checks.near_groups(copies, nearest, exact)

@@ -10,6 +10,8 @@ import csv
 import importlib.util
 import io
 import logging
+import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -53,6 +55,25 @@ def plan_log_dir(
 def tensorboard_available() -> bool:
     """torch's SummaryWriter needs the `tensorboard` package (never a dependency)."""
     return importlib.util.find_spec("tensorboard") is not None
+
+
+def after_earlier_files(directory: Path) -> None:
+    """Waits (a second at most, and only then) until this second is later than those of
+    the event files already in `directory`. TensorBoard reads a folder's event files in
+    the order of their names, which begin with the second each was opened: a new file
+    opened within the same second as an earlier session's may be read before it, and the
+    earlier session's epochs would then come last, undoing the new file's restart."""
+    names = os.listdir(directory) if directory.is_dir() else []
+    stamps = [
+        int(name.split(".")[3])
+        for name in names
+        if name.startswith("events.out.tfevents.") and name.split(".")[3].isdigit()
+    ]
+    deadline = (
+        time.monotonic() + 1.1
+    )  # a file stamped later still (another clock) waits no longer
+    while stamps and int(time.time()) <= max(stamps) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def history_csv(rows: list[dict]) -> bytes:
@@ -146,6 +167,7 @@ class HistoryLog:
             def open_writer() -> None:
                 from torch.utils.tensorboard import SummaryWriter
 
+                after_earlier_files(self.directory)
                 self._writer = SummaryWriter(str(self.directory), purge_step=0)
 
             self._guarded("tensorboard", open_writer)

@@ -394,11 +394,14 @@ class Run:
             seed,
         )
 
-    def audit(self, near_duplicate: float = 0.98) -> Audit:
+    def audit(self, near_duplicate: Optional[float] = None) -> Audit:
         """The data audit (nbaccel.audit) of the run's data with the trained model: its
         pooled features place the images, and its predictions add a vote on each label
         (another label at 0.9 or more flags an image). Train, val and test images alike;
-        the model is only read (left in eval mode, where an ended run's model is).
+        the model is only read (left in eval mode, where an ended run's model is). Near
+        copies are found by their pixels: a model tuned to these classes packs each
+        class together, so its features put distinct images of a class at a cosine near
+        1; give `near_duplicate` (a cosine) to count feature neighbours as copies too.
 
         Raises:
             RuntimeError: the run is still training, or failed (it has no model).

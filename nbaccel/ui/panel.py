@@ -84,6 +84,7 @@ class Panel:
         self.audit = LazySection(
             "data audit: duplicates, leakage, likely mislabels, outliers"
         )
+        self.ship = LazySection("ship: an int8 ONNX model, against float32")
         choices = widgets.Accordion(children=[self.controls.widget])
         choices.set_title(0, "choices")
         choices.selected_index = None if run else 0
@@ -100,6 +101,7 @@ class Panel:
                 self.batch.widget,
                 self.results.widget,
                 self.audit.widget,
+                self.ship.widget,
                 choices,
             ]
         )
@@ -162,6 +164,7 @@ class Panel:
         self.batch.set_content(lambda: widgets.HTML(batch_html(run.show_batch())))
         self.results.set_content(None)
         self.audit.set_content(None)
+        self.ship.set_content(None)
         self._bridge = Bridge({"run": run}, self._update, self._rate)
 
     # --- the run's state, and onto the widgets -----------------------------------------
@@ -195,12 +198,43 @@ class Panel:
                 if self.run is not None and event.best_epoch is not None:
                     self.results.set_content(self._interpretation)
                     self.audit.set_content(self._audit)
+                    self.ship.set_content(self._ship)
         self._render(redraw)
 
     def _audit(self) -> Any:
         """The ended run's data audit, with its model's features and predictions."""
         assert self.run is not None
         return self._shown(AuditView(self.run.audit(), charts=self._backend))
+
+    def _ship(self) -> Any:
+        """A path and a button: run.export(path, quantize="int8"), its report below."""
+        assert self.run is not None
+        run = self.run
+        path = widgets.Text(
+            value=f"{run.config.backbone}-int8.onnx",
+            description="file",
+            layout=widgets.Layout(width="420px"),
+        )
+        button = widgets.Button(description="Export int8", icon="download")
+        report = widgets.HTML(
+            "<small>static int8 quantization (onnxruntime), calibrated on training "
+            "images; refused if validation accuracy drops by more than 0.01</small>"
+        )
+
+        def export(_: Any) -> None:
+            button.disabled = True
+            report.value = "<i>exporting and measuring…</i>"
+            try:
+                report.value = run.export(path.value, quantize="int8")._repr_html_()
+            except (ValueError, ImportError, RuntimeError, OSError) as error:
+                report.value = (
+                    f"<span style='color:#b00020'>✗ {html.escape(str(error))}</span>"
+                )
+            finally:
+                button.disabled = False
+
+        button.on_click(export)
+        return widgets.VBox([widgets.HBox([path, button]), report])
 
     def _shown(self, view: Any) -> Any:
         """A view's widget, or (static backends) an Output holding its outputs."""
