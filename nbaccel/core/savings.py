@@ -151,12 +151,11 @@ def estimate_savings(
         + precision_gain
         - extras
     )
-    # Never below what the calibration timed for the baseline itself (its data reads and
-    # fp32 steps): on a tiny run the gains, each small and noisy, could sum to less.
-    timed = spe * (cal.train_data_s + cal.baseline_step_s) + val_batches * (
-        cal.val_data_s + cal.fp32_eval_s
-    )
-    baseline = max(baseline, timed)
+    if baseline <= 0:  # a tiny run's small, noisy terms summed to less than nothing:
+        # what the calibration timed for the baseline itself, its data reads and steps
+        baseline = spe * (cal.train_data_s + cal.baseline_step_s) + val_batches * (
+            cal.val_data_s + cal.fp32_eval_s
+        )
     final = end_reason is not None
     by_user = end_reason == "user"  # epochs the user chose not to run are not a saving
     projected = run if by_user else budget  # baseline epochs to compare against
