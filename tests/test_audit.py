@@ -62,6 +62,9 @@ def test_unreadable_files_are_listed_and_the_rest_audited(faulty, found):
         max(counts.values()) / min(counts.values())
     )
     assert set(found.files("corrupt")) == set(faults["corrupt"])
+    copies = {str(p) for pair in faults["exact_duplicates"] for p in pair}
+    assert copies <= {str(p) for p in found.files("exact_duplicates")}
+    assert len(found.files("leakage")) == 2 * len(found.leakage)
     with pytest.raises(ValueError, match="no finding 'typos'"):
         found.files("typos")
     assert "unreadable files: 5" in found.summary()

@@ -147,6 +147,8 @@ def test_int8_export_is_smaller_and_within_the_accuracy_bound(
     report, _ = int8_export
     assert isinstance(report, nbaccel.ExportReport)
     assert os.fspath(report) == str(report.path) and report.path.is_file()
+    assert str(report) == f"{report}" == str(report.path)  # as a Path; repr: the table
+    assert "val_acc" in repr(report)
     assert not list(report.path.parent.glob(".nbaccel-int8-*"))  # no work files left
     # The fp32 figures are those of a plain export (its weights in a second file).
     plain = trained.export(tmp_path / "fp32.onnx")

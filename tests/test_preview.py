@@ -177,3 +177,15 @@ def test_a_run_read_back_without_its_arrays_says_so(tmp_path):
     assert run.show_batch(4).items == (  # the run in memory still has them
         run.show_batch(4).items
     )
+
+
+def test_a_run_stopped_before_its_first_epoch_has_nothing_to_use(digits_high):
+    run = nbaccel.fasttrain(
+        digits_high, pretrained=False, epochs=50, checkpoint=False, **SMALL
+    )
+    run.stop()  # long before the first epoch's 22 steps and its evaluation
+    assert run.status == "stopped" and run.best is None
+    for use in (run.interpret, run.audit, lambda: run.predict(digits_high / "val")):
+        with pytest.raises(RuntimeError, match="stopped before its first epoch"):
+            use()
+    assert run.show_batch().images.shape[0] == 16  # its data still shows

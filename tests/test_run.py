@@ -224,10 +224,14 @@ def test_corrupt_image_fails_the_run_with_the_traceback(broken_folder):
     run = nbaccel.fasttrain(
         broken_folder, pretrained=False, epochs=3, batch_size=8, **SMALL
     )
-    with pytest.raises(nbaccel.TrainingFailed, match="UnidentifiedImageError") as info:
+    with pytest.raises(
+        nbaccel.TrainingFailed, match="could not be read as an image"
+    ) as info:
         run.wait(timeout=60)
     assert "Traceback" in info.value.traceback and "broken.png" in info.value.traceback
+    assert "UnidentifiedImageError" in info.value.traceback  # PIL's own, chained
     assert run.status == "failed" and "broken.png" in run.reason
+    assert "delete or replace it; nbaccel.audit(data) lists" in run.reason
     assert run.model is None and not run._trainer.is_alive()
     assert (
         isinstance(run.events[-1], RunEnded)

@@ -77,7 +77,7 @@ class Audit:
             raise ValueError(f"no finding {finding!r}; the findings: {FINDINGS}")
         seen: dict = {}
         for row in getattr(self, finding):
-            for item in row.get("items", [row["item"]]):
+            for item in row["items"] if "items" in row else [row["item"]]:
                 seen.setdefault(str(item), item)
         return list(seen.values())
 

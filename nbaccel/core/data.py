@@ -80,8 +80,14 @@ def to_pil(image: Any) -> Image.Image:
         path = Path(image).expanduser()
         if not path.is_file():
             raise ValueError(f"no image file at {str(path)!r}")
-        with Image.open(path) as opened:
-            return opened.convert("RGB")
+        try:
+            with Image.open(path) as opened:
+                return opened.convert("RGB")
+        except OSError as error:  # not an image, cut short, or a format PIL lacks
+            raise ValueError(
+                f"{str(path)!r} could not be read as an image ({error}): delete or "
+                "replace it; nbaccel.audit(data) lists every unreadable file"
+            ) from error
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, torch.Tensor):

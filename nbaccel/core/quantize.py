@@ -86,6 +86,9 @@ class ExportReport:
             f"{self.max_accuracy_drop:g} allowed)"
         )
 
+    def __str__(self) -> str:  # as a Path: str(report) and f"{report}" are the file
+        return str(self.path)
+
     def __repr__(self) -> str:
         header = ("", "size", "ms/image", "val_acc")
         lines = [

@@ -491,6 +491,11 @@ class Run:
             )
         if self._model is None:
             raise RuntimeError(f"run.{what}(): the run failed, so it has no model")
+        if self._publisher.ended.best_epoch is None:
+            raise RuntimeError(
+                f"run.{what}(): the run was stopped before its first epoch ended, so its "
+                "model holds no trained weights; train at least one epoch"
+            )
         return self._model
 
     def _use_batch_size(self, size: int) -> None:
