@@ -9,7 +9,7 @@ from sklearn import metrics
 
 import nbaccel
 from nbaccel.ui import InterpretationView
-from tests.conftest import SMALL
+from tests.conftest import SMALL, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -108,5 +108,6 @@ def test_interpret_needs_an_ended_run(digits_high):
     )
     with pytest.raises(RuntimeError, match=r"run.interpret\(\) needs an ended run"):
         run.interpret()
+    wait_for(lambda: run.history)  # one epoch: best weights to interpret
     run.stop()
     assert run.interpret().confusion_matrix.sum() == run.events[0].val_images
