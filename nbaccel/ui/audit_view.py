@@ -10,11 +10,10 @@ from __future__ import annotations
 import html
 from typing import Any, Optional
 
-from IPython.display import display
-
 from nbaccel.core import Audit
 from nbaccel.ui.environment import prepare_charts
-from nbaccel.ui.gallery import THUMBNAIL, png_base64
+from nbaccel.ui.gallery import card_html
+from nbaccel.ui.view import View
 
 SHOWN = 12  # images (or groups of copies) shown per finding
 TITLES = {
@@ -53,7 +52,7 @@ def finding_html(audit: Audit, finding: str) -> str:
         body = "".join(
             "<div style='border-bottom:1px solid #ddd'>"
             + "".join(
-                _card(audit, i, f"{s} · {lab}")
+                _card(audit, i, [f"{s} · {lab}"])
                 for i, s, lab in zip(g["indices"], g["splits"], g["labels"])
             )
             + f"<span style='font-size:11px'>similarity {g['similarity']:.4f}</span>"
@@ -65,37 +64,25 @@ def finding_html(audit: Audit, finding: str) -> str:
     return f"<div><b>{title}</b>{more}</div><div>{body}</div>"
 
 
-def _caption(row: dict) -> str:
+def _caption(row: dict) -> list[str]:
     where = f"{row['split']} · {row['label']}"
     if "suggested" in row:
-        return (
-            f"{where}<br>→ {row['suggested']} ({row['confidence']:.0%}, {row['why']})"
-        )
+        return [where, f"→ {row['suggested']} ({row['confidence']:.0%}, {row['why']})"]
     if "distance" in row:
-        return f"{where}<br>distance {row['distance']:.3f}"
-    return f"{where}<br>{row['error'][:60]}"
+        return [where, f"distance {row['distance']:.3f}"]
+    return [where, row["error"][:60]]
 
 
-def _card(audit: Audit, index: int, caption: str) -> str:
-    name = html.escape(str(audit.items[index]).rsplit("/", 1)[-1])
+def _card(audit: Audit, index: int, caption: list[str]) -> str:
+    name = str(audit.items[index]).rsplit("/", 1)[-1]
     try:
-        image = (
-            f"<img src='data:image/png;base64,{png_base64(audit.load(index))}' "
-            f"style='image-rendering:pixelated;width:{THUMBNAIL}px'/>"
-        )
+        image = audit.load(index)
     except Exception:  # noqa: BLE001 - an unreadable file has no thumbnail
-        image = (
-            f"<div style='width:{THUMBNAIL}px;height:{THUMBNAIL}px;background:#eee;"
-            "display:flex;align-items:center;justify-content:center'>unreadable</div>"
-        )
-    return (
-        "<figure style='display:inline-block;margin:4px;text-align:center;"
-        f"font-size:11px;vertical-align:top'>{image}<figcaption>{name}<br>"
-        f"{caption}</figcaption></figure>"
-    )
+        image = None
+    return card_html(image, [name, *caption])
 
 
-class AuditView:
+class AuditView(View):
     """The view of an Audit; `charts` as for the panel ("auto", "widget", "html",
     "off"; the audit has no Plotly chart, so "off" shows the same as "html")."""
 
@@ -126,10 +113,3 @@ class AuditView:
             {"text/html": text, "text/plain": ""} for text in self.findings.values()
         ]
         return outputs
-
-    def _ipython_display_(self) -> None:
-        if self.widget is not None:
-            display(self.widget)
-            return
-        for bundle in self.bundles():
-            display(bundle, raw=True)

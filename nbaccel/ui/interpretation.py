@@ -14,12 +14,12 @@ from typing import Any, Optional
 
 import plotly.graph_objects as go
 import plotly.io as pio
-from IPython.display import display
 from plotly.subplots import make_subplots
 
 from nbaccel.core import Interpretation
 from nbaccel.ui.environment import prepare_charts
 from nbaccel.ui.gallery import cards_html
+from nbaccel.ui.view import View
 
 GALLERY = 12  # images in the top-losses gallery, and at most per clicked cell
 
@@ -111,7 +111,7 @@ def gallery_html(interp: Interpretation, rows: list[dict], title: str) -> str:
     return f"<div><b>{html.escape(title)}</b>{more}</div>{cards_html(cards)}"
 
 
-class InterpretationView:
+class InterpretationView(View):
     """The view of an Interpretation; `charts` as for the panel ("auto", "widget",
     "html", "off": the tables and images without the heatmaps)."""
 
@@ -177,10 +177,3 @@ class InterpretationView:
             )
         outputs.append({"text/html": self.top_losses, "text/plain": ""})
         return outputs
-
-    def _ipython_display_(self) -> None:
-        if self.widget is not None:
-            display(self.widget)
-            return
-        for bundle in self.bundles():
-            display(bundle, raw=True)

@@ -204,7 +204,7 @@ class Panel:
     def _audit(self) -> Any:
         """The ended run's data audit, with its model's features and predictions."""
         assert self.run is not None
-        return self._shown(AuditView(self.run.audit(), charts=self._backend))
+        return AuditView(self.run.audit(), charts=self._backend).as_widget()
 
     def _ship(self) -> Any:
         """A path and a button: run.export(path, quantize="int8"), its report below."""
@@ -236,21 +236,11 @@ class Panel:
         button.on_click(export)
         return widgets.VBox([widgets.HBox([path, button]), report])
 
-    def _shown(self, view: Any) -> Any:
-        """A view's widget, or (static backends) an Output holding its outputs."""
-        if view.widget is not None:
-            return view.widget
-        output = widgets.Output()
-        with output:
-            display(view)
-        return output
-
     def _interpretation(self) -> Any:
         """The ended run's interpretation view, as the panel's chart backend draws it."""
         assert self.run is not None
-        return self._shown(
-            InterpretationView(self.run.interpret(), charts=self._backend)
-        )
+        view = InterpretationView(self.run.interpret(), charts=self._backend)
+        return view.as_widget()
 
     def _render(self, redraw: bool) -> None:
         status = self.run.status if self.run else "idle"
