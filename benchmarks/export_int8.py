@@ -73,6 +73,7 @@ def measure(files: dict[str, Path], run: nbaccel.Run, val, transform) -> dict:
     sessions = {v: q._session(onnxruntime, f) for v, f in files.items()}
     shape = (1, *run.data_config["input_size"])
     latency = q.compare_latency(sessions, shape, rounds=3)
+    accuracy = q.score(sessions, val, transform)
     figures = {}
     for variant, file in files.items():
         data = file.read_bytes()
@@ -80,7 +81,7 @@ def measure(files: dict[str, Path], run: nbaccel.Run, val, transform) -> dict:
             bytes=len(data),
             zip_bytes=len(zlib.compress(data, 9)),
             ms_per_image=round(latency[variant], 4),
-            val_acc=round(q.score(sessions[variant], val, transform), 4),
+            val_acc=round(accuracy[variant], 4),
         )
     return figures
 

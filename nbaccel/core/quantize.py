@@ -178,7 +178,7 @@ def export_int8(
         quantize_static(fp32, ready, int8, _batches(calibration, transform))
         files = {"fp32": fp32, "int8": int8}
         sessions = {name: _session(ort, file) for name, file in files.items()}
-        accuracy = {name: score(s, val, transform) for name, s in sessions.items()}
+        accuracy = score(sessions, val, transform)
         drop = accuracy["fp32"] - accuracy["int8"]
         if drop > max_accuracy_drop + 1e-9:
             raise ValueError(
@@ -223,13 +223,17 @@ def quantize_static(
     )
 
 
-def score(session: Any, images: ImageSource, transform: Any) -> float:
-    """The share of `images` whose top logit from an onnxruntime session is their label."""
-    hits = 0
+def score(
+    sessions: dict[str, Any], images: ImageSource, transform: Any
+) -> dict[str, float]:
+    """For each onnxruntime session, the share of `images` whose top logit is their
+    label; each batch is read once and given to every session."""
+    hits = dict.fromkeys(sessions, 0)
     for inputs, labels in _batches(images, transform, with_labels=True):
-        logits = session.run(None, {"images": inputs})[0]
-        hits += int((logits.argmax(axis=1) == labels).sum())
-    return hits / max(len(images), 1)
+        for name, session in sessions.items():
+            logits = session.run(None, {"images": inputs})[0]
+            hits[name] += int((logits.argmax(axis=1) == labels).sum())
+    return {name: count / max(len(images), 1) for name, count in hits.items()}
 
 
 def compare_latency(

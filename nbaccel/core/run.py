@@ -87,7 +87,6 @@ class Run:
         self._augment = plan.augment
         self._precision = plan.precision
         self._log_dir = plan.log_dir
-        self._start_method = "thread"
         if plan.devices.value > 1:  # flags the processes share (launch.py says how)
             self._start_method = start_method()
             check_can_start(plan, self._start_method)
@@ -330,10 +329,7 @@ class Run:
             RuntimeError: the run is still training, or failed (it has no model).
         """
         model = self._ended_model("predict")
-        # The run's precision where it trained; fp32 once the model has moved (a stopped
-        # run's model goes to the CPU, where fp16 autocast is slow and gains nothing).
-        here = next(model.parameters()).device
-        precision = self.precision if here == self._device else "fp32"
+        precision = self._precision_for(model)
         return predict(model, images, self.class_names, self.data_config, precision)
 
     def interpret(self) -> Interpretation:
@@ -348,8 +344,7 @@ class Run:
         model = self._ended_model("interpret")
         sources = self._sources("interpret")
         transform = transforms_for(self.data_config, "none")[1]
-        here = next(model.parameters()).device
-        precision = self.precision if here == self._device else "fp32"
+        precision = self._precision_for(model)
         return interpret(model, sources.val, transform, self.class_names, precision)
 
     def show_batch(self, count: int = 16, seed: int = 0) -> BatchPreview:
@@ -482,6 +477,12 @@ class Run:
                 "session to use it, or move the folder back"
             )
         return resolve_sources(data, self.config.val, self.config.seed)
+
+    def _precision_for(self, model: nn.Module) -> str:
+        """The run's precision where it trained; fp32 once the model has moved (a stopped
+        run's model goes to the CPU, where fp16 autocast is slow and gains nothing)."""
+        here = next(model.parameters()).device
+        return self.precision if here == self._device else "fp32"
 
     def _ended_model(self, what: str) -> nn.Module:
         if self._publisher.ended is None:
